@@ -1,0 +1,1 @@
+"""Swappable model backends; importing this package registers the built-in ones."""

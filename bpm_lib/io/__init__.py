@@ -1,0 +1,1 @@
+"""I/O: images, manifests, storage URIs, datasets, caches and tracking."""

@@ -81,7 +81,8 @@ class Localizer(Protocol):
     """Finds the edit region of a sample on both sides (BPM_SPEC §3).
 
     ``localize_source`` depends only on the sample; ``localize_edited`` gets the source
-    side's result so it can prompt the segmenter with the source boxes (parity).
+    side's result so it can prompt the segmenter with the source boxes (parity), and the
+    decoded source images (for additions the source-image mask needs the edited boxes).
     """
 
     name: str
@@ -99,6 +100,8 @@ class Localizer(Protocol):
         images: Sequence[Image.Image],
         source: Sequence[Localization],
         candidate: str,
+        *,
+        source_images: Sequence[Image.Image] | None = None,
     ) -> list[Localization]: ...
 
 

@@ -38,13 +38,13 @@ def max_pixels() -> int:
 
 def _open(source: str | os.PathLike[str] | bytes, what: str) -> Image.Image:
     limit = max_pixels()
+    name = "<bytes>" if isinstance(source, bytes) else os.fspath(source)
     try:
         fp = io.BytesIO(source) if isinstance(source, bytes) else open(source, "rb")  # noqa: SIM115
     except FileNotFoundError as e:
-        raise DataError(f"{what}: file not found: {source}") from e
+        raise DataError(f"{what}: file not found: {name}") from e
     except OSError as e:
-        raise DataError(f"{what}: cannot open {source}: {e}") from e
-    name = "<bytes>" if isinstance(source, bytes) else str(source)
+        raise DataError(f"{what}: cannot open {name}: {e}") from e
     with fp:
         try:
             with warnings.catch_warnings():

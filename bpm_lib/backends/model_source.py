@@ -1,0 +1,256 @@
+"""Where model weights come from: a local folder, an ``s3://`` prefix or a hub id.
+
+:func:`resolve_model_source` turns a source string into something ``from_pretrained``
+(or ``torch.load``) accepts:
+
+* a local path (``/models/gdino``, ``./sam``, ``~/w``, ``file:///models/x``): returned as
+  is; it must exist;
+* ``s3://bucket/prefix``: every object under the prefix is downloaded once into
+  ``$BPM_CACHE_DIR/models/<sha256 of the URI>`` (default ``~/.cache/bpm-eval/models``)
+  and that folder is returned; a later call finds the completion marker and downloads
+  nothing. ``s3://bucket/key.pth`` naming one object returns that file's local path.
+  The endpoint comes from ``AWS_ENDPOINT_URL``/``AWS_ENDPOINT_URL_S3``, which boto3
+  honours natively (MinIO, moto);
+* anything else is a hub id (``IDEA-Research/grounding-dino-tiny``): returned as is, so
+  loading uses the Hugging Face cache (``HF_HOME``).
+
+:func:`load_pretrained` wraps a loader so that a model that is not available (offline, not
+in the cache, missing files) becomes a :class:`~bpm_lib.errors.ModelLoadError` that says
+what is missing and the three ways to provide it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path, PurePosixPath
+from typing import Any, TypeVar
+
+from bpm_lib.errors import ModelLoadError
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+COMPLETE_MARKER = ".bpm-download-complete"
+_SCHEME = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*)://")
+
+
+def default_cache_dir() -> Path:
+    """``$BPM_CACHE_DIR/models`` if set, else ``~/.cache/bpm-eval/models``."""
+    root = os.environ.get("BPM_CACHE_DIR")
+    base = Path(root).expanduser() if root else Path.home() / ".cache" / "bpm-eval"
+    return base / "models"
+
+
+def is_local_source(source: str) -> bool:
+    """True when ``source`` is written as a local path (absolute, ``./``, ``../``, ``~``,
+    ``file://``) or names something that exists on disk."""
+    if source.startswith(("/", "./", "../", "~", "file://")) or source in (".", ".."):
+        return True
+    return Path(source).exists()
+
+
+def resolve_model_source(source: str, *, cache_dir: Path | None = None, what: str) -> str:
+    """Return a local path or hub id for ``source`` (see the module docstring).
+
+    ``what`` names the model in messages (``"GroundingDINO detector"``). ``cache_dir``
+    overrides the download cache root for ``s3://`` sources.
+    """
+    if not isinstance(source, str) or not source.strip():
+        raise ValueError(f"source must be a non-empty model source string, got {source!r}")
+    source = source.strip()
+    scheme = _SCHEME.match(source)
+    if scheme is not None and scheme.group(1).lower() == "s3":
+        return str(_download_s3(source, cache_dir=cache_dir, what=what))
+    if scheme is not None and scheme.group(1).lower() != "file":
+        raise ValueError(
+            f"source {source!r} for {what} has an unsupported scheme {scheme.group(1)!r}; "
+            "use a local directory, an s3://bucket/prefix URI or a hub id (org/name)"
+        )
+    if is_local_source(source):
+        path = Path(source.removeprefix("file://")).expanduser()
+        if not path.exists():
+            raise ModelLoadError(f"{what}: local model path {str(path)!r} does not exist")
+        return str(path)
+    return source
+
+
+def _s3_parts(uri: str) -> tuple[str, str]:
+    rest = uri[len("s3://"):]
+    bucket, _, prefix = rest.partition("/")
+    if not bucket:
+        raise ValueError(f"s3 URI must be s3://bucket/prefix, got {uri!r}")
+    return bucket, prefix
+
+
+def _relative_key(key: str, prefix: str, uri: str) -> str | None:
+    """Path of ``key`` under ``prefix`` (None if it is not under it). Rejects traversal."""
+    if prefix and not prefix.endswith("/"):
+        if key == prefix:
+            rel = PurePosixPath(key).name
+        elif key.startswith(prefix + "/"):
+            rel = key[len(prefix) + 1:]
+        else:
+            return None  # a sibling such as prefix-old/...
+    else:
+        rel = key[len(prefix):]
+    if not rel or rel.endswith("/"):
+        return None  # "folder" placeholder objects
+    parts = PurePosixPath(rel).parts
+    if ".." in PurePosixPath(key).parts or ".." in parts or rel.startswith("/") or "\\" in rel:
+        raise ModelLoadError(
+            f"refusing to download {uri}: object key {key!r} would be written outside the cache "
+            "folder (path traversal)"
+        )
+    return rel
+
+
+def _download_s3(uri: str, *, cache_dir: Path | None, what: str) -> Path:
+    bucket, prefix = _s3_parts(uri)
+    root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    dest = root / hashlib.sha256(uri.encode("utf-8")).hexdigest()
+    marker = dest / COMPLETE_MARKER
+    if marker.is_file():
+        logger.debug("%s: using cached download of %s at %s", what, uri, dest)
+        return _single_or_dir(dest)
+
+    import boto3
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    client = boto3.client("s3")
+    try:
+        keys: list[tuple[str, str]] = []
+        paginator = client.get_paginator("list_objects_v2")
+        for page in paginator.paginate(Bucket=bucket, Prefix=prefix):
+            for obj in page.get("Contents", []):
+                rel = _relative_key(obj["Key"], prefix, uri)
+                if rel is not None:
+                    keys.append((obj["Key"], rel))
+    except (BotoCoreError, ClientError) as e:
+        raise ModelLoadError(f"{what}: cannot list {uri}: {e}") from e
+    if not keys:
+        raise ModelLoadError(f"{what}: no objects found at {uri}")
+
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=root))
+    try:
+        for key, rel in keys:
+            target = tmp / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            logger.info("%s: downloading s3://%s/%s", what, bucket, key)
+            client.download_file(bucket, key, str(target))
+        single = keys[0][1] if len(keys) == 1 and keys[0][0] == prefix else None
+        (tmp / COMPLETE_MARKER).write_text(json.dumps({"uri": uri, "single_file": single}), encoding="utf-8")
+        if dest.exists() and not marker.is_file():
+            shutil.rmtree(dest)  # an incomplete earlier attempt
+        try:
+            os.replace(tmp, dest)
+        except OSError:
+            if not marker.is_file():  # not another process finishing the same download
+                raise
+    except (BotoCoreError, ClientError, OSError) as e:
+        raise ModelLoadError(f"{what}: cannot download {uri} into {dest}: {e}") from e
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return _single_or_dir(dest)
+
+
+def _single_or_dir(dest: Path) -> Path:
+    """The downloaded folder, or its only file when the URI named one object."""
+    try:
+        info = json.loads((dest / COMPLETE_MARKER).read_text(encoding="utf-8"))
+        single = info.get("single_file")
+    except (OSError, ValueError, AttributeError) as e:
+        raise ModelLoadError(f"download cache {dest} has an unreadable marker; delete the folder: {e}") from e
+    if single is not None and (not isinstance(single, str) or PurePosixPath(single).name != single):
+        raise ModelLoadError(f"download cache {dest} has a corrupt marker (file {single!r}); delete the folder")
+    return dest / single if single else dest
+
+
+def config_digest(config: Any) -> str:
+    """Short content hash of a JSON-able config (for model ids and cache keys)."""
+    return hashlib.sha256(json.dumps(config, sort_keys=True).encode("utf-8")).hexdigest()[:12]
+
+
+def read_packaged_config(name: str) -> dict[str, Any]:
+    """A JSON file shipped in ``bpm_lib/configs`` (tiny model architectures, …)."""
+    from importlib import resources
+
+    if not isinstance(name, str) or PurePosixPath(name).name != name or not name.endswith(".json"):
+        raise ValueError(f"name must be a bare *.json file name in bpm_lib/configs, got {name!r}")
+    ref = resources.files("bpm_lib").joinpath("configs").joinpath(name)
+    try:
+        data = json.loads(ref.read_text(encoding="utf-8"))
+    except FileNotFoundError as e:
+        raise ModelLoadError(f"packaged config {name!r} is missing from bpm_lib/configs") from e
+    if not isinstance(data, dict):
+        raise ModelLoadError(f"packaged config {name!r} must hold a JSON object, got {type(data).__name__}")
+    return data
+
+
+def _load_errors() -> tuple[type[BaseException], ...]:
+    errors: list[type[BaseException]] = [OSError]
+    try:
+        from huggingface_hub import errors as hf_errors
+
+        errors += [hf_errors.HFValidationError, hf_errors.EntryNotFoundError, hf_errors.RevisionResolutionError]
+    except ImportError:  # pragma: no cover - huggingface_hub is a dependency
+        pass
+    try:
+        from safetensors import SafetensorError
+
+        errors.append(SafetensorError)
+    except ImportError:  # pragma: no cover
+        pass
+    return tuple(errors)
+
+
+def missing_model_hint(source: str, what: str) -> str:
+    """How to provide ``what`` when ``source`` cannot be loaded."""
+    hf_home = os.environ.get("HF_HOME") or str(Path.home() / ".cache" / "huggingface")
+    offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0", "false", "False")
+    mode = " (HF_HUB_OFFLINE is set, so the hub is not contacted)" if offline else ""
+    return (
+        f"{what} {source!r} is not available{mode}. Provide it as one of: "
+        f"(1) a local directory holding the save_pretrained files (config.json, *.safetensors, "
+        f"processor files), passed as the model source; "
+        f"(2) a Hugging Face cache that already contains {source!r}: point HF_HOME at it "
+        f"(now {hf_home}), e.g. after `huggingface-cli download {source}` on a connected machine; "
+        f"(3) an s3://bucket/prefix URI holding those files (AWS_ENDPOINT_URL for MinIO/other S3)"
+    )
+
+
+def load_pretrained(
+    loader: Callable[..., T],
+    source: str,
+    *,
+    what: str,
+    download_dir: Path | None = None,
+    **kwargs: Any,
+) -> T:
+    """``loader(resolve_model_source(source), **kwargs)``, with unavailable models turned
+    into :class:`ModelLoadError` that names what is missing and how to provide it.
+
+    ``loader`` is e.g. ``AutoModel.from_pretrained``; pass ``use_safetensors=True`` in
+    ``kwargs`` so that no pickled checkpoint is ever unpickled. ``download_dir`` is the
+    ``cache_dir`` of :func:`resolve_model_source` (``s3://`` downloads); ``kwargs`` go to
+    ``loader`` unchanged (including a Hugging Face ``cache_dir``).
+    """
+    resolved = resolve_model_source(source, cache_dir=download_dir, what=what)
+    try:
+        return loader(resolved, **kwargs)
+    except _load_errors() as e:
+        if is_local_source(resolved):
+            raise ModelLoadError(
+                f"{what}: {resolved!r} (from {source!r}) does not contain a loadable model: {e}. "
+                "It must hold save_pretrained output with safetensors weights."
+            ) from e
+        raise ModelLoadError(f"{missing_model_hint(source, what)}. Cause: {e}") from e

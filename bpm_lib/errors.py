@@ -28,6 +28,10 @@ class ModelLoadError(BpmError):
     """A model or checkpoint could not be loaded; the message says what is missing."""
 
 
+class EditError(BpmError):
+    """An editor could not produce an edited image for a sample."""
+
+
 class LocalizationError(BpmError):
     """The edit region could not be localized for a sample."""
 

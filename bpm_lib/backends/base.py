@@ -107,13 +107,18 @@ class Localizer(Protocol):
 
 @runtime_checkable
 class Editor(Protocol):
-    """Instruction-based image editor (one candidate checkpoint)."""
+    """Instruction-based image editor (one candidate checkpoint).
+
+    ``accepts_mask``: whether ``edit`` uses a mask (True = edit region) handed to it —
+    the mask-aware guidance of BPM_SPEC §9; other editors ignore it.
+    """
 
     name: str
+    accepts_mask: bool
 
     def identity(self) -> dict[str, Any]: ...
 
-    def edit(self, sample: Sample, image: Image.Image, *, seed: int) -> Image.Image: ...
+    def edit(self, sample: Sample, image: Image.Image, *, seed: int, mask: np.ndarray | None = None) -> Image.Image: ...
 
 
 PARSERS: Registry[InstructionParser] = Registry("parser")

@@ -26,6 +26,7 @@ VERB_MODULES = (
     "run",
     "trigger",
     "audit",
+    "tracking",
 )
 
 log = logging.getLogger("bpm_lib.cli")

@@ -1,0 +1,134 @@
+"""In-process scoring of samples end to end: parse → localize → judge → aggregate.
+
+This is what ``bpm score`` runs and what the pipeline components run stage by stage;
+both call the same stage functions of :mod:`bpm_lib.runner.stages`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bpm_lib import aggregate
+from bpm_lib.io.jsonl import write_json_atomic, write_jsonl_atomic
+from bpm_lib.runner.backends import Backends
+from bpm_lib.runner.imagecache import ImageCache
+from bpm_lib.runner.stages import (
+    StageStats,
+    run_judge,
+    run_localize_edited,
+    run_localize_source,
+    run_parse,
+)
+from bpm_lib.types import Calibration, RunSummary, Sample, SampleScore
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ScoreResult:
+    """Final scores of every candidate, their summaries and the calibration used."""
+
+    scores: dict[str, list[SampleScore]]
+    summaries: dict[str, RunSummary]
+    calibration: Calibration | None
+    stages: list[StageStats] = field(default_factory=list)
+    calibration_error: str | None = None
+
+    @property
+    def failed(self) -> int:
+        return sum(s.samples_failed for s in self.summaries.values())
+
+
+def score_candidates(
+    samples: Sequence[Sample],
+    edits: Mapping[str, Mapping[str, str]],
+    backends: Backends,
+    work_dir: Path,
+    *,
+    alpha: float | None = None,
+    calibration: Calibration | None = None,
+    batch_size: int = 16,
+    progress: bool = False,
+    failures: Mapping[str, Sequence[SampleScore]] | None = None,
+) -> ScoreResult:
+    """Score every candidate (``edits``: candidate → sample_id → edited image path).
+
+    Source-side work runs once for all candidates. Pool calibration (``calibration`` None)
+    is fitted over every candidate's scores together, as the reference does.
+    """
+    t0 = time.perf_counter()
+    work_dir = Path(work_dir)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    images = ImageCache(capacity=max(2 * batch_size, 32))
+    stages: list[StageStats] = []
+
+    parsed, st = run_parse(samples, backends.parser, work_dir, progress=progress)
+    stages.append(st)
+    source, st = run_localize_source(samples, parsed, backends.localizer, work_dir,
+                                     batch_size=batch_size, images=images, progress=progress)
+    stages.append(st)
+    raw: dict[str, list[SampleScore]] = {}
+    for candidate, cand_edits in edits.items():
+        edited, st = run_localize_edited(samples, parsed, source, cand_edits, backends.localizer, work_dir,
+                                         candidate=candidate, batch_size=batch_size, images=images,
+                                         progress=progress)
+        stages.append(st)
+        raw[candidate], st = run_judge(samples, parsed, source, edited, cand_edits, backends.embedder, work_dir,
+                                       candidate=candidate, batch_size=batch_size, images=images,
+                                       progress=progress)
+        stages.append(st)
+        raw[candidate] = [*raw[candidate], *(failures or {}).get(candidate, ())]
+    result = finalize(raw, calibration=calibration, alpha=alpha, preset=backends.preset_name,
+                      backends=backends.identity(), seconds=time.perf_counter() - t0)
+    result.stages = stages
+    return result
+
+
+def finalize(
+    raw: Mapping[str, Sequence[SampleScore]],
+    *,
+    calibration: Calibration | None,
+    alpha: float | None,
+    preset: str | None,
+    backends: dict[str, Any] | None = None,
+    seconds: float | None = None,
+) -> ScoreResult:
+    """Aggregate judged scores of all candidates into BPM with one calibration.
+
+    A degenerate pool (e.g. a single sample) cannot be normalised: the sub-scores are
+    still reported, ``bpm`` stays empty and ``calibration_error`` says why.
+    """
+    pool = [s for scores in raw.values() for s in scores]
+    cal_error = None
+    try:
+        final, cal = aggregate.score_pool(pool, calibration=calibration, alpha=alpha)
+    except aggregate.CalibrationError as e:
+        log.warning("BPM not computed: %s", e)
+        final, cal, cal_error = list(pool), None, str(e)
+    by_key = {s.key: s for s in final}
+    scores = {c: [by_key[s.key] for s in cand] for c, cand in raw.items()}
+    summaries = {
+        c: aggregate.summarize(cand, cal, candidate=c, preset=preset, backends=backends, seconds=seconds)
+        for c, cand in scores.items()
+    }
+    return ScoreResult(scores, summaries, cal, calibration_error=cal_error)
+
+
+def write_results(result: ScoreResult, out_dir: Path) -> None:
+    """``scores.jsonl`` (one line per sample and candidate) + ``summary.json``."""
+    out_dir = Path(out_dir)
+    write_jsonl_atomic(out_dir / "scores.jsonl", (s.to_dict() for c in result.scores.values() for s in c))
+    summary = {
+        "candidates": {c: s.to_dict() for c, s in result.summaries.items()},
+        "calibration": result.calibration.to_dict() if result.calibration else None,
+        "calibration_error": result.calibration_error,
+        "stages": [st.to_dict() for st in result.stages],
+    }
+    write_json_atomic(out_dir / "summary.json", summary)
+    if result.calibration is not None:
+        write_json_atomic(out_dir / "calibration.json", result.calibration.to_dict())

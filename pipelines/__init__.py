@@ -1,0 +1,1 @@
+"""Kubeflow pipelines: wiring of components only. Compiled YAML lives beside each source."""

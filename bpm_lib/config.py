@@ -22,6 +22,7 @@ import yaml
 from bpm_lib.errors import ConfigError
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+MAX_CONFIG_VALUES = 100_000  # after expanding YAML aliases: a larger config is an alias bomb
 
 
 @dataclass(frozen=True)
@@ -146,7 +147,7 @@ def _build(cls: Any, data: Any, where: str) -> Any:
         raise ConfigError(f"config: {where or 'top level'}: expected a mapping, got {type(data).__name__}")
     hints = typing.get_type_hints(cls)
     known = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - set(known))
+    unknown = sorted(set(data) - set(known), key=str)  # YAML keys need not be strings
     if unknown:
         import difflib
 
@@ -171,7 +172,27 @@ def _build(cls: Any, data: Any, where: str) -> Any:
         raise ConfigError(f"config: {where or 'top level'}: {e}") from e
 
 
+def _check_size(data: Any, limit: int = MAX_CONFIG_VALUES) -> None:
+    """Refuse a structure with more than ``limit`` values once YAML aliases are expanded:
+    a few lines of nested aliases ("billion laughs") would otherwise make every later
+    traversal (digest, asdict, JSON) take forever."""
+    count = 0
+    stack = [data]
+    while stack:
+        item = stack.pop()
+        count += 1
+        if count > limit:
+            raise ConfigError(f"config: more than {limit} values once YAML aliases are expanded "
+                              "(an alias bomb?); refusing it")
+        if isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list | tuple):
+            stack.extend(item)
+
+
 def parse_config(data: Any) -> RunConfig:
+    _check_size(data)
     return typing.cast(RunConfig, _build(RunConfig, data, ""))
 
 
@@ -181,10 +202,16 @@ def load_config(path: str | Path) -> RunConfig:
         text = p.read_text(encoding="utf-8")
     except FileNotFoundError as e:
         raise ConfigError(f"config file not found: {p}") from e
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"config {p}: not UTF-8 text ({e})") from e
+    except OSError as e:  # a folder, no permission, …
+        raise ConfigError(f"config {p}: cannot read: {e}") from e
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:
         raise ConfigError(f"config {p}: not valid YAML: {e}") from e
+    except RecursionError as e:
+        raise ConfigError(f"config {p}: not valid YAML: nested too deeply") from e
     return parse_config(data)
 
 

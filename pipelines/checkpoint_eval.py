@@ -39,7 +39,8 @@ def checkpoint_eval(
     parsed = cpu_task(parse_instructions(evalset=data.outputs["evalset"], preset=preset, parser=parser))
     source = gpu_task(localize_source(evalset=data.outputs["evalset"], parsed=parsed.outputs["parsed"],
                                       preset=preset, localizer=localizer, batch_size=batch_size))
-    edits = gpu_task(generate_edits(evalset=data.outputs["evalset"], candidate=candidate))
+    edits = gpu_task(generate_edits(evalset=data.outputs["evalset"], candidate=candidate,
+                                        tracking_uri=tracking_uri))
     edited = gpu_task(localize_edited(evalset=data.outputs["evalset"], parsed=parsed.outputs["parsed"],
                                       source_loc=source.outputs["source_loc"], editset=edits.outputs["editset"],
                                       preset=preset, localizer=localizer, batch_size=batch_size))

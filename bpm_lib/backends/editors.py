@@ -236,9 +236,11 @@ class InstructPix2PixEditor:
         local = Path(self.resolved.local_path) if self.resolved.is_local else None
         if local is not None and _has_safetensors(local):
             kwargs["use_safetensors"] = True
+        import pickle
+
         try:
             pipe = StableDiffusionInstructPix2PixPipeline.from_pretrained(self.resolved.local_path, **kwargs)
-        except (OSError, ValueError, KeyError, RuntimeError, TypeError) as e:
+        except (OSError, ValueError, KeyError, RuntimeError, TypeError, pickle.UnpicklingError) as e:
             if local is None:
                 from bpm_lib.backends.model_source import missing_model_hint
 

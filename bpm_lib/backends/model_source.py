@@ -196,8 +196,16 @@ def read_packaged_config(name: str) -> dict[str, Any]:
     return data
 
 
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    return f"{type(e).__name__}: {text[:300]}"
+
+
 def _load_errors() -> tuple[type[BaseException], ...]:
-    errors: list[type[BaseException]] = [OSError]
+    import pickle
+
+    # UnpicklingError: a pickled .bin that torch.load(weights_only=True) refuses (code in it).
+    errors: list[type[BaseException]] = [OSError, pickle.UnpicklingError]
     try:
         from huggingface_hub import errors as hf_errors
 
@@ -250,7 +258,8 @@ def load_pretrained(
     except _load_errors() as e:
         if is_local_source(resolved):
             raise ModelLoadError(
-                f"{what}: {resolved!r} (from {source!r}) does not contain a loadable model: {e}. "
-                "It must hold save_pretrained output with safetensors weights."
+                f"{what}: {resolved!r} (from {source!r}) does not contain a loadable model: "
+                f"{_first_line(e)}. It must hold save_pretrained output with safetensors weights "
+                "(a pickled checkpoint is only read as plain tensors, never as code)."
             ) from e
         raise ModelLoadError(f"{missing_model_hint(source, what)}. Cause: {e}") from e

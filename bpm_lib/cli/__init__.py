@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -30,6 +31,38 @@ VERB_MODULES = (
 )
 
 log = logging.getLogger("bpm_lib.cli")
+
+
+class RedactSecrets(logging.Filter):
+    """Replace the values of credential environment variables (names with key, secret,
+    token, password or credential) in every log record: with ``-vv`` third-party debug
+    logs (botocore prints request headers, e.g. ``X-Amz-Security-Token``) would show them."""
+
+    def __init__(self, environ: dict[str, str] | None = None) -> None:
+        super().__init__()
+        from bpm_lib.io.tracking import SECRET_PATTERN
+
+        env = os.environ if environ is None else environ
+        self.secrets = sorted({v for k, v in env.items() if SECRET_PATTERN.search(k) and len(v) >= 8},
+                              key=len, reverse=True)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not self.secrets:
+            return True
+        message = record.getMessage()
+        if any(secret in message for secret in self.secrets):
+            for secret in self.secrets:
+                message = message.replace(secret, "***")
+            record.msg, record.args = message, None
+        return True
+
+
+def _install_redaction() -> None:
+    redact = RedactSecrets()  # the secrets of this run's environment
+    for handler in logging.getLogger().handlers:
+        for old in [f for f in handler.filters if isinstance(f, RedactSecrets)]:
+            handler.removeFilter(old)
+        handler.addFilter(redact)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -59,6 +92,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(list(argv) if argv is not None else None)
     level = logging.WARNING - 10 * min(args.verbose, 2)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    _install_redaction()
     if not getattr(args, "func", None):
         parser.print_help(sys.stderr)
         return 2

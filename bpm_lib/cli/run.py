@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -66,7 +67,9 @@ def _execute(config, args: argparse.Namespace) -> int:  # type: ignore[no-untype
     runner = run_in_process if args.in_process else run_local
     print(f"bpm: campaign {config.name!r}: {len(config.candidates)} candidate(s), preset {config.preset}, "
           f"{'in-process' if args.in_process else 'kfp local runner'}", file=sys.stderr)
-    result = runner(config, root=args.root, tracking=not args.no_tracking, cache=not args.no_cache)
+    # MLflow prints "View run …" lines to stdout; stdout is for this command's results (--json).
+    with contextlib.redirect_stdout(sys.stderr):
+        result = runner(config, root=args.root, tracking=not args.no_tracking, cache=not args.no_cache)
     summary = result.summary()
     summaries = [RunSummary.from_dict(s) for s in summary["candidates"].values()]
     if args.json:

@@ -104,7 +104,7 @@ class KeyedJsonl:
             if line:
                 try:
                     obj = json.loads(line)
-                except json.JSONDecodeError:
+                except (ValueError, RecursionError):  # not JSON, not UTF-8: torn or corrupt from here on
                     break
                 if isinstance(obj, dict):
                     self._records[self.key_fn(obj)] = obj
@@ -127,7 +127,12 @@ class KeyedJsonl:
         return list(self._records.values())
 
     def append(self, record: Mapping[str, Any]) -> None:
+        """Write ``record`` (fsync'd). Writing the record its key already holds is a no-op,
+        so a resumed stage that redoes a deterministic failure never repeats a key."""
         line = dumps(record)
+        old = self._records.get(self.key_fn(record))
+        if old is not None and dumps(old) == line:
+            return
         self._fh.write(line + "\n")
         self._fh.flush()
         os.fsync(self._fh.fileno())

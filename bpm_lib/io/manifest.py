@@ -100,7 +100,10 @@ def resolve_path(
     if not isinstance(value, str) or not value:
         raise DataError(f"{what}: path must be a non-empty string, got {value!r}")
     if storage.is_s3(value):
-        storage.split_s3(value)  # validates: bucket, no '..' key segments
+        try:
+            storage.split_s3(value)  # validates: bucket, no '..' key segments
+        except storage.StorageUriError as e:
+            raise storage.StorageUriError(f"{what}: {e}") from e
         return value
     if "://" in value:
         raise DataError(f"{what}: unsupported URI scheme in {value!r} (local paths and s3:// only)")
@@ -204,14 +207,15 @@ def _validate_record(obj: Any) -> dict[str, Any]:
     return obj
 
 
-def _iter_lines(path: str | Path) -> Iterator[tuple[int, str]]:
+def _iter_lines(path: str | Path) -> Iterator[tuple[int, bytes]]:
+    """Raw lines: each is decoded on its own, so one line that is not UTF-8 is one bad line."""
     if isinstance(path, str) and storage.is_s3(path):
         data = storage.read_bytes(path)
-        yield from enumerate(data.decode("utf-8").splitlines(), 1)
+        yield from enumerate(data.splitlines(), 1)
         return
     p = Path(path)
     try:
-        fh = p.open("r", encoding="utf-8")
+        fh = p.open("rb")
     except FileNotFoundError as e:
         raise DataError(f"{p}: manifest not found") from e
     except IsADirectoryError as e:
@@ -282,15 +286,20 @@ def _iter(
 ) -> Iterator[Sample | ManifestError]:
     seen: dict[str, int] = {}
     for lineno, raw in _iter_lines(src):
-        text = raw.strip()
-        if not text:
+        if not raw.strip():
             continue
         sample_id: str | None = None
         try:
             try:
+                text = raw.decode("utf-8").strip()
+            except UnicodeDecodeError as e:
+                raise DataError(f"not UTF-8 text (byte {e.start}: {raw[e.start:e.start + 1]!r})") from e
+            try:
                 obj = json.loads(text)
             except json.JSONDecodeError as e:
                 raise DataError(f"not valid JSON ({e.msg} at column {e.colno})") from e
+            except RecursionError as e:
+                raise DataError("not valid JSON (nested too deeply)") from e
             if isinstance(obj, dict) and isinstance(obj.get("sample_id"), str):
                 sample_id = obj["sample_id"]
             record = _validate_record(obj)

@@ -38,7 +38,7 @@ def read_meta(folder: str | Path) -> dict[str, Any]:
     path = Path(folder) / META
     try:
         return dict(json.loads(path.read_text()))
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):  # no record, or a single-file input
         return {}
 
 
@@ -49,6 +49,10 @@ def artifact_digest(folder: str | Path) -> str:
         return str(meta["digest"])
     h = hashlib.sha256()
     root = Path(folder)
+    if root.is_file():  # a single-file input (e.g. a bpm-json metadata file)
+        st = root.stat()
+        h.update(f"{root.name}:{st.st_size}:{st.st_mtime_ns}".encode())
+        return h.hexdigest()[:24]
     for p in sorted(root.rglob("*")):
         if p.is_file():
             h.update(str(p.relative_to(root)).encode())
@@ -59,10 +63,15 @@ def artifact_digest(folder: str | Path) -> str:
 
 def _copy_into(src: Path, dst: Path) -> None:
     dst.mkdir(parents=True, exist_ok=True)
-    for item in src.iterdir():
+    # _bpm.json last, through a temp file: a copy killed half-way never looks complete.
+    for item in sorted(src.iterdir(), key=lambda p: p.name == META):
         target = dst / item.name
         if item.is_dir():
             shutil.copytree(item, target, dirs_exist_ok=True)
+        elif item.name == META:
+            tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+            shutil.copy2(item, tmp)
+            os.replace(tmp, target)
         else:
             shutil.copy2(item, target)
 

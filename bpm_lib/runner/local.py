@@ -109,7 +109,7 @@ def run_local(config: RunConfig, *, root: Path = DEFAULT_ROOT, tracking: bool = 
     Two cache layers: KFP's local task cache (a task with the same inputs is skipped) and
     bpm's content-addressed stage cache under ``BPM_CACHE_DIR`` (the same stage over the
     same input *content*; also what lets a killed stage resume). ``cache=False`` disables
-    both. A failed task raises :class:`~bpm_lib.errors.StageError` naming it; finished
+    both. A failed task raises :class:`StageError` naming it; finished
     stages stay in the stage cache, so a re-run resumes after them."""
     from kfp import local
 
@@ -124,7 +124,10 @@ def run_local(config: RunConfig, *, root: Path = DEFAULT_ROOT, tracking: bool = 
         # kfp.local prints task logs to stdout; ours is for results (``bpm run --json``).
         try:
             with contextlib.redirect_stdout(sys.stderr), warnings.catch_warnings():
+                # Expected locally: the cluster image and the GPU/memory requests do not apply here.
                 warnings.filterwarnings("ignore", message=".*non-Python base image.*", category=RuntimeWarning)
+                warnings.filterwarnings("ignore", message=".*have no effect in the current local runner.*",
+                                        category=UserWarning)
                 task = pipeline(**args)
         except RuntimeError as e:  # kfp.local: "Pipeline 'x' finished with status FAILURE. Inner task failed: 'y'."
             raise StageError(f"campaign {config.name!r}: {e} (task logs above; finished stages are cached, "

@@ -29,9 +29,10 @@ def load_scoring_manifest(path: Path, *, edits_dir: Path | None = None) -> Loade
     samples: list[Sample] = []
     edits: dict[str, str] = {}
     errors: list[tuple[str, str]] = []
+    bad_lines: list[ManifestError] = []
     for item in iter_manifest(path, on_error="collect", allow_absolute=True):
         if isinstance(item, ManifestError):
-            errors.append((item.sample_id or f"line-{item.line}", f"manifest line {item.line}: {item.message}"))
+            bad_lines.append(item)
             continue
         edited = item.edited_image
         if edits_dir is not None and not edited:
@@ -47,4 +48,12 @@ def load_scoring_manifest(path: Path, *, edits_dir: Path | None = None) -> Loade
             errors.append((item.sample_id, f"no edited image: the line has no edited_image{where}"))
             continue
         samples.append(replace(item, edited_image=edited))
+    # A bad line is reported under its sample id unless that id is taken (a duplicate of a
+    # good line, or a second bad line with it): then under ``line-N``, so it never replaces
+    # another sample's score.
+    taken = {s.sample_id for s in samples} | {sid for sid, _ in errors}
+    for bad in bad_lines:
+        key = bad.sample_id if bad.sample_id and bad.sample_id not in taken else f"line-{bad.line}"
+        taken.add(key)
+        errors.append((key, f"manifest line {bad.line}: {bad.message}"))
     return LoadedManifest(samples, edits, errors)

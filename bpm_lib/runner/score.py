@@ -23,6 +23,7 @@ from bpm_lib.runner.stages import (
     run_localize_edited,
     run_localize_source,
     run_parse,
+    score_record,
 )
 from bpm_lib.types import Calibration, RunSummary, Sample, SampleScore
 
@@ -122,7 +123,7 @@ def finalize(
 def write_results(result: ScoreResult, out_dir: Path) -> None:
     """``scores.jsonl`` (one line per sample and candidate) + ``summary.json``."""
     out_dir = Path(out_dir)
-    write_jsonl_atomic(out_dir / "scores.jsonl", (s.to_dict() for c in result.scores.values() for s in c))
+    write_jsonl_atomic(out_dir / "scores.jsonl", (score_record(s) for c in result.scores.values() for s in c))
     summary = {
         "candidates": {c: s.to_dict() for c, s in result.summaries.items()},
         "calibration": result.calibration.to_dict() if result.calibration else None,

@@ -65,10 +65,13 @@ def _cached_step(
             "seconds": round(time.perf_counter() - t0, 4), **info}
     write_json_atomic(work / META, meta)
     if work != out:
-        for item in work.iterdir():
+        # _bpm.json last: a step killed while publishing never leaves an output that looks done.
+        for item in sorted(work.iterdir(), key=lambda p: p.name == META):
             target = out / item.name
             if item.is_dir():
                 shutil.copytree(item, target, dirs_exist_ok=True)
+            elif item.name == META:
+                write_json_atomic(target, meta)
             else:
                 shutil.copy2(item, target)
         cache.store(stage, key, work)
@@ -151,8 +154,12 @@ def localize_source_step(evalset: str | Path, parsed: str | Path, out: str | Pat
 
 
 def generate_step(evalset: str | Path, candidate_json: str, out: str | Path,
-                  cache: StageCache | None = None) -> dict[str, Any]:
-    """Produce one candidate's EditSet. ``candidate_json``: a CandidateConfig as JSON."""
+                  cache: StageCache | None = None, *, tracking_uri: str | None = None) -> dict[str, Any]:
+    """Produce one candidate's EditSet. ``candidate_json``: a CandidateConfig as JSON.
+    ``tracking_uri``: the MLflow server that resolves ``models:/``/``runs:/`` checkpoints
+    (default: ``MLFLOW_TRACKING_URI``)."""
+    if tracking_uri:
+        os.environ["MLFLOW_TRACKING_URI"] = tracking_uri  # one step per process (a KFP pod)
     from bpm_lib.config import CandidateConfig, _build
 
     cand: CandidateConfig = _build(CandidateConfig, json.loads(candidate_json), "candidate")
@@ -161,18 +168,20 @@ def generate_step(evalset: str | Path, candidate_json: str, out: str | Path,
         from bpm_lib.io.storage import safe_join
 
         checkpoint = str(safe_join(Path(evalset), checkpoint[len("evalset:"):], what="candidate checkpoint"))
+    from bpm_lib.io.model_uri import resolve_checkpoint
+
+    # Resolve first, so the cache key is the checkpoint's *content*: a moved alias
+    # (models:/m@champion) or another tracking server never serves someone else's edits.
+    resolved = resolve_checkpoint(checkpoint)
     settings = {"candidate": cand.name, "editor": cand.editor, "checkpoint": cand.checkpoint,
+                "checkpoint_digest": resolved.digest or str(resolved.local_path),
                 "settings": cand.settings, "seed": cand.seed, "mask_guidance": cand.mask_guidance}
     inputs: dict[str, str | Path] = {"evalset": evalset}
-    if os.path.isdir(checkpoint):
-        inputs["checkpoint"] = checkpoint
 
     def compute(work: Path) -> dict[str, Any]:
         from bpm_lib.backends.base import EDITORS
-        from bpm_lib.io.model_uri import resolve_checkpoint
         from bpm_lib.runner.generate import generate_edits
 
-        resolved = resolve_checkpoint(checkpoint)
         editor = EDITORS.create(cand.editor, checkpoint=resolved, **cand.settings)
         summary = generate_edits(load_samples(evalset), editor, work, candidate=cand.name, run_seed=cand.seed,
                                  mask_guidance=cand.mask_guidance, progress=False)
@@ -225,15 +234,40 @@ def judge_step(evalset: str | Path, parsed: str | Path, source_loc: str | Path, 
 
 def aggregate_step(evalset: str | Path, judged: Sequence[str | Path], editsets: Sequence[str | Path],
                    out: str | Path, *, alpha: float = 0.7, calibration: str | None = None,
-                   preset: str | None = None) -> dict[str, Any]:
+                   preset: str | None = None, cache: StageCache | None = None) -> dict[str, Any]:
     """Pool or frozen calibration over every candidate, final scores, report and plots.
-    Always recomputed (cheap); MLflow logging is done by the caller on the output."""
+
+    Content-cached like the other steps (key: the judged/edit/eval artifacts' digests,
+    alpha, preset and the calibration file's bytes): the report and plots took ~97 % of
+    an unchanged campaign's re-run (benchmarks/bench_pipeline.py). MLflow logging is done
+    by the caller on the output, so it is never skipped by the cache."""
+    import hashlib
+
+    from bpm_lib.io.storage import fetch_to_local
+
+    local_cal = fetch_to_local(calibration) if calibration else None
+    settings: dict[str, Any] = {"alpha": alpha, "preset": preset, "calibration": None}
+    if local_cal is not None:
+        try:
+            settings["calibration"] = hashlib.sha256(Path(local_cal).read_bytes()).hexdigest()
+        except OSError:
+            cache = StageCache(enabled=False)  # unreadable: let the computation report it
+    inputs: dict[str, str | Path] = {"evalset": evalset}
+    inputs.update({f"judged{i}": folder for i, folder in enumerate(judged)})
+    inputs.update({f"editset{i}": folder for i, folder in enumerate(editsets)})
+
+    def compute(work: Path) -> dict[str, Any]:
+        return _aggregate(evalset, judged, editsets, work, alpha=alpha, calibration=local_cal, preset=preset)
+
+    return _cached_step("aggregate", settings, inputs, out, compute, cache)
+
+
+def _aggregate(evalset: str | Path, judged: Sequence[str | Path], editsets: Sequence[str | Path], out: Path, *,
+               alpha: float, calibration: str | Path | None, preset: str | None) -> dict[str, Any]:
     from bpm_lib.aggregate import load_calibration
     from bpm_lib.report import plot_by_edit_type, plot_comparison, plot_distributions, render_report
     from bpm_lib.runner.score import finalize, write_results
 
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     raw = {}
     backends: dict[str, Any] = {}
     for folder in judged:
@@ -261,8 +295,7 @@ def aggregate_step(evalset: str | Path, judged: Sequence[str | Path], editsets: 
     plot_by_edit_type(list(result.summaries.values()), plots / "bpm_by_edit_type.png")
     plot_comparison(list(result.summaries.values()), plots / "comparison.png")
     editset_meta = {candidate_of(e): read_meta(e) for e in editsets}
-    meta = {"stage": "aggregate", "candidates": list(result.scores), "editsets": editset_meta,
+    # _cached_step records this in the folder's _bpm.json (with stage, key and digest).
+    return {"candidates": list(result.scores), "editsets": editset_meta,
             "evalset": read_meta(evalset) or {"digest": artifact_digest(evalset)},
             "calibration_id": result.calibration.id if result.calibration else None}
-    write_json_atomic(out / META, meta)
-    return meta

@@ -1,6 +1,6 @@
 """aggregate: calibration, BPM, report and plots over all candidates; logs to MLflow."""
 
-from typing import List  # noqa: UP035 - KFP reads typing.List[...] annotations
+from typing import List
 
 from kfp import dsl
 from kfp.dsl import HTML, Dataset, Input, Metrics, Output

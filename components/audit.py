@@ -7,7 +7,7 @@ download ``models:/``), ``audit_aggregate`` scores with the frozen calibration a
 pipeline run when the policy is violated.
 """
 
-from typing import List, NamedTuple  # noqa: UP035 - KFP reads typing.List artifact lists
+from typing import List, NamedTuple
 
 from kfp import dsl
 from kfp.dsl import HTML, Artifact, Dataset, Input, Metrics, Output
@@ -54,7 +54,7 @@ def audit_generate(evalset: Input[Dataset], candidate: str, tracking_uri: str, e
 
 
 @dsl.component(base_image=IMAGE)
-def audit_aggregate(evalset: Input[Dataset], judged: Input[List[Dataset]], editsets: Input[List[Dataset]],  # noqa: UP006
+def audit_aggregate(evalset: Input[Dataset], judged: Input[List[Dataset]], editsets: Input[List[Dataset]],
                     plan: Input[Artifact], pipeline_run_id: str, results: Output[Dataset], metrics: Output[Metrics],
                     report: Output[HTML]):
     """BPM with the plan's frozen calibration over every audited version; logs the campaign."""

@@ -375,7 +375,7 @@ def log_campaign(
     import pandas as pd
     from mlflow import MlflowClient
     from mlflow.data.meta_dataset import MetaDataset
-    from mlflow.data.sources import LocalArtifactDatasetSource
+    from mlflow.data.sources import LocalArtifactDatasetSource  # type: ignore[attr-defined]
     from mlflow.entities import DatasetInput, InputTag, Metric, Param, RunTag
 
     results_dir = Path(results_dir)
@@ -389,7 +389,8 @@ def log_campaign(
     calibration = summary.get("calibration") or {}
     cal_id = calibration.get("id") or "none"
     now = int(time.time() * 1000)
-    ds = MetaDataset(LocalArtifactDatasetSource(str(dataset.get("uri", ""))), name=str(dataset.get("name", "dataset")),
+    source = LocalArtifactDatasetSource(str(dataset.get("uri", "")))
+    ds = MetaDataset(source, name=str(dataset.get("name", "dataset")),  # type: ignore[abstract]
                      digest=str(dataset.get("digest", ""))[:36] or None)
     ds_input = DatasetInput(ds._to_mlflow_entity(), tags=[InputTag("mlflow.data.context", "evaluation")])
 

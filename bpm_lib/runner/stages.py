@@ -208,7 +208,7 @@ def run_localize_source(
                 ),
             )
             for (sample, _, fp), outcome in zip(batch, outcomes, strict=True):
-                record = {"sample_id": sample.sample_id, "fingerprint": fp, "localizer": identity}
+                record: dict[str, Any] = {"sample_id": sample.sample_id, "fingerprint": fp, "localizer": identity}
                 if isinstance(outcome, Localization):
                     record.update(status="ok", localization=outcome.to_dict(), error=None)
                     stats.computed += 1
@@ -301,8 +301,8 @@ def run_localize_edited(
                 ),
             )
             for (sample, _, _, _, fp), outcome in zip(batch, outcomes, strict=True):
-                record = {"sample_id": sample.sample_id, "candidate": candidate, "fingerprint": fp,
-                          "localizer": identity}
+                record: dict[str, Any] = {"sample_id": sample.sample_id, "candidate": candidate,
+                                          "fingerprint": fp, "localizer": identity}
                 if isinstance(outcome, Localization):
                     record.update(status="ok", localization=outcome.to_dict(), error=None)
                     stats.computed += 1
@@ -495,6 +495,8 @@ def _judge_batch(
     for it in ready:
         sid = it.sample.sample_id
         try:
+            if it.source_500 is None or it.edited_500 is None:
+                raise RuntimeError("images were not decoded")  # unreachable: set with the plan
             mask = judges.edit_mask_500(it.source, it.edited)
             score = judges.judge(
                 it.plan, sample_id=sid, candidate=candidate, parsed=it.parsed, source=it.source,

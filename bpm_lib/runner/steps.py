@@ -22,7 +22,6 @@ from bpm_lib.io.jsonl import write_json_atomic
 from bpm_lib.runner.backends import build_role, role_spec
 from bpm_lib.runner.cache import META, StageCache, artifact_digest, read_meta, stage_key
 from bpm_lib.runner.stages import (
-    PARSED_FILE,
     SOURCE_FILE,
     edited_file,
     load_localizations,
@@ -132,7 +131,7 @@ def parse_step(evalset: str | Path, out: str | Path, *, preset: str | None, pars
 
     def compute(work: Path) -> dict[str, Any]:
         backend = build_role("parser", preset, parser)
-        results, stats = run_parse(load_samples(evalset), backend, work)
+        _, stats = run_parse(load_samples(evalset), backend, work)
         return {"stats": stats.to_dict(), "backend": backend.identity()}
 
     return _cached_step("parse_instructions", {"parser": spec}, {"evalset": evalset}, out, compute, cache)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import time
 from pathlib import Path
+from typing import Any
 
 from bpm_lib.config import RunConfig
 from bpm_lib.runner.local import pipeline_arguments, pipeline_function
@@ -37,9 +38,9 @@ def submit(config: RunConfig, *, host: str, namespace: str | None = None, client
     URI comes from the config (the in-cluster MLflow service)."""
     import kfp
 
-    kfp_client = client or kfp.Client(host=host, namespace=namespace)
+    kfp_client: Any = client or kfp.Client(host=host, namespace=namespace)
     args = pipeline_arguments(config, config.tracking.uri)
-    result = kfp_client.create_run_from_pipeline_func(  # type: ignore[attr-defined]
+    result = kfp_client.create_run_from_pipeline_func(
         pipeline_function(config), arguments=args, run_name=run_name(config),
         experiment_name=experiment_name(config), namespace=namespace, service_account=service_account,
     )

@@ -20,7 +20,11 @@ from typing import TYPE_CHECKING, Any
 
 from bpm_lib.backends.base import DETECTORS
 from bpm_lib.backends.device import dtype_name, pick_device, pick_dtype
-from bpm_lib.backends.model_source import config_digest, load_pretrained, read_packaged_config
+from bpm_lib.backends.model_source import (
+    config_digest,
+    load_model_and_processor,
+    read_packaged_config,
+)
 from bpm_lib.types import Detection
 
 if TYPE_CHECKING:
@@ -100,32 +104,16 @@ class GroundingDinoDetector:
         self.revision = revision
         self.meaningless = bool(meaningless)
         self.forward_calls = 0
+        model_loader: Any = None
+        processor_loader: Any = None
         if isinstance(model, str):
             from transformers import AutoModelForZeroShotObjectDetection, AutoProcessor
 
-            what = "GroundingDINO detector"
-            cache = Path(cache_dir) if cache_dir is not None else None
-            self.model_id = model_id or model
-            self.processor = processor or load_pretrained(
-                AutoProcessor.from_pretrained, model, what=what, download_dir=cache, revision=revision
-            )
-            loaded: Any = load_pretrained(
-                AutoModelForZeroShotObjectDetection.from_pretrained,
-                model,
-                what=what,
-                download_dir=cache,
-                revision=revision,
-                use_safetensors=True,
-                dtype=self.dtype,
-            )
-        else:
-            if processor is None:
-                raise ValueError("processor is required when model is a built model instance")
-            if not model_id:
-                raise ValueError("model_id is required when model is a built model instance")
-            self.model_id = model_id
-            self.processor = processor
-            loaded = model
+            model_loader, processor_loader = AutoModelForZeroShotObjectDetection.from_pretrained, AutoProcessor.from_pretrained
+        loaded, self.processor, self.model_id = load_model_and_processor(
+            model, processor, model_id, model_loader=model_loader, processor_loader=processor_loader,
+            what="GroundingDINO detector", cache_dir=cache_dir, revision=revision, dtype=self.dtype,
+        )
         self.model = loaded.to(device=self.device, dtype=self.dtype).eval()
         tokenizer = self.processor.tokenizer
         specials = sorted(set(tokenizer.all_special_tokens), key=len, reverse=True)

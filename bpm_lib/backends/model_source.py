@@ -263,3 +263,34 @@ def load_pretrained(
                 "(a pickled checkpoint is only read as plain tensors, never as code)."
             ) from e
         raise ModelLoadError(f"{missing_model_hint(source, what)}. Cause: {e}") from e
+
+
+def load_model_and_processor(
+    model: Any,
+    processor: Any,
+    model_id: str | None,
+    *,
+    model_loader: Callable[..., Any] | None,
+    processor_loader: Callable[..., Any] | None,
+    what: str,
+    cache_dir: str | Path | None,
+    revision: str | None,
+    dtype: Any,
+) -> tuple[Any, Any, str]:
+    """(model, processor, model id) from a source string (loaded safely through
+    :func:`load_pretrained`, safetensors only) or from an already built model instance
+    with its processor and id."""
+    if isinstance(model, str):
+        if model_loader is None or processor_loader is None:
+            raise ValueError(f"{what}: loading from {model!r} needs a model and a processor loader")
+        cache = Path(cache_dir) if cache_dir is not None else None
+        proc = processor or load_pretrained(processor_loader, model, what=what, download_dir=cache,
+                                            revision=revision)
+        loaded = load_pretrained(model_loader, model, what=what, download_dir=cache, revision=revision,
+                                 use_safetensors=True, dtype=dtype)
+        return loaded, proc, model_id or model
+    if processor is None:
+        raise ValueError("processor is required when model is a built model instance")
+    if not model_id:
+        raise ValueError("model_id is required when model is a built model instance")
+    return model, processor, model_id

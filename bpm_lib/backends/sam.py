@@ -28,7 +28,7 @@ from bpm_lib.backends.base import SEGMENTERS
 from bpm_lib.backends.device import dtype_name, pick_device, pick_dtype
 from bpm_lib.backends.model_source import (
     config_digest,
-    load_pretrained,
+    load_model_and_processor,
     read_packaged_config,
     resolve_model_source,
 )
@@ -103,32 +103,16 @@ class SamSegmenter:
         self.mask_threshold = float(mask_threshold)
         self.meaningless = bool(meaningless)
         self.forward_calls = 0
+        model_loader: Any = None
+        processor_loader: Any = None
         if isinstance(model, str):
             from transformers import SamModel, SamProcessor
 
-            what = "SAM segmenter"
-            cache = Path(cache_dir) if cache_dir is not None else None
-            self.model_id = model_id or model
-            self.processor = processor or load_pretrained(
-                SamProcessor.from_pretrained, model, what=what, download_dir=cache, revision=revision
-            )
-            loaded: Any = load_pretrained(
-                SamModel.from_pretrained,
-                model,
-                what=what,
-                download_dir=cache,
-                revision=revision,
-                use_safetensors=True,
-                dtype=self.dtype,
-            )
-        else:
-            if processor is None:
-                raise ValueError("processor is required when model is a built model instance")
-            if not model_id:
-                raise ValueError("model_id is required when model is a built model instance")
-            self.model_id = model_id
-            self.processor = processor
-            loaded = model
+            model_loader, processor_loader = SamModel.from_pretrained, SamProcessor.from_pretrained
+        loaded, self.processor, self.model_id = load_model_and_processor(
+            model, processor, model_id, model_loader=model_loader, processor_loader=processor_loader,
+            what="SAM segmenter", cache_dir=cache_dir, revision=revision, dtype=self.dtype,
+        )
         self.model = loaded.to(device=self.device, dtype=self.dtype).eval()
 
     def identity(self) -> dict[str, Any]:

@@ -3,6 +3,8 @@
 Only KFP / kfp-kubernetes calls; no logic of the metric lives here.
 """
 
+from typing import Any
+
 from kfp import kubernetes
 from kfp.dsl import PipelineTask
 
@@ -34,3 +36,38 @@ def gpu_task(task: PipelineTask, memory: str = "32G") -> PipelineTask:
     kubernetes.add_toleration(task, key="nvidia.com/gpu", operator="Exists", effect="NoSchedule")
     task.set_caching_options(True)
     return with_secrets(task)
+
+
+def source_side(*, dataset_source: Any, dataset_limit: Any, dataset_seed: Any, dataset_stratify: Any,
+                preset: Any, parser: Any, localizer: Any, batch_size: Any) -> tuple[PipelineTask, ...]:
+    """fetch → parse → localize(source): the work shared by every candidate."""
+    from components.data import fetch_data
+    from components.localize import localize_source
+    from components.parse import parse_instructions
+
+    data = cpu_task(fetch_data(source=dataset_source, limit=dataset_limit, seed=dataset_seed,
+                               stratify=dataset_stratify))
+    parsed = cpu_task(parse_instructions(evalset=data.outputs["evalset"], preset=preset, parser=parser))
+    source = gpu_task(localize_source(evalset=data.outputs["evalset"], parsed=parsed.outputs["parsed"],
+                                      preset=preset, localizer=localizer, batch_size=batch_size))
+    return data, parsed, source
+
+
+def candidate_side(data: PipelineTask, parsed: PipelineTask, source: PipelineTask, *, candidate: Any,
+                   tracking_uri: Any, preset: Any, localizer: Any, embedder: Any,
+                   batch_size: Any) -> tuple[PipelineTask, PipelineTask]:
+    """generate → localize(edited) → judge for one candidate; returns (edits, judged)."""
+    from components.generate import generate_edits
+    from components.judge import judge
+    from components.localize import localize_edited
+
+    edits = gpu_task(generate_edits(evalset=data.outputs["evalset"], candidate=candidate,
+                                    tracking_uri=tracking_uri))
+    edited = gpu_task(localize_edited(evalset=data.outputs["evalset"], parsed=parsed.outputs["parsed"],
+                                      source_loc=source.outputs["source_loc"], editset=edits.outputs["editset"],
+                                      preset=preset, localizer=localizer, batch_size=batch_size))
+    judged = gpu_task(judge(evalset=data.outputs["evalset"], parsed=parsed.outputs["parsed"],
+                            source_loc=source.outputs["source_loc"], edited_loc=edited.outputs["edited_loc"],
+                            editset=edits.outputs["editset"], preset=preset, embedder=embedder,
+                            batch_size=batch_size))
+    return edits, judged

@@ -10,12 +10,7 @@ from kfp import dsl
 from kfp.dsl import Dataset
 
 from components.aggregate import aggregate
-from components.data import fetch_data
-from components.generate import generate_edits
-from components.judge import judge
-from components.localize import localize_edited, localize_source
-from components.parse import parse_instructions
-from pipelines._wiring import cpu_task, gpu_task
+from pipelines._wiring import candidate_side, cpu_task, source_side
 
 
 @dsl.pipeline(name="bpm-compare-checkpoints",
@@ -38,22 +33,13 @@ def compare_checkpoints(
     experiment: str = "bpm-eval",
     params: dict = {},  # noqa: B006 - KFP pipeline parameter default
 ) -> Dataset:
-    data = cpu_task(fetch_data(source=dataset_source, limit=dataset_limit, seed=dataset_seed,
-                               stratify=dataset_stratify))
-    parsed = cpu_task(parse_instructions(evalset=data.outputs["evalset"], preset=preset, parser=parser))
-    source = gpu_task(localize_source(evalset=data.outputs["evalset"], parsed=parsed.outputs["parsed"],
-                                      preset=preset, localizer=localizer, batch_size=batch_size))
+    data, parsed, source = source_side(dataset_source=dataset_source, dataset_limit=dataset_limit,
+                                       dataset_seed=dataset_seed, dataset_stratify=dataset_stratify,
+                                       preset=preset, parser=parser, localizer=localizer, batch_size=batch_size)
     with dsl.ParallelFor(candidates, parallelism=2) as candidate:
-        edits = gpu_task(generate_edits(evalset=data.outputs["evalset"], candidate=candidate,
-                                        tracking_uri=tracking_uri))
-        edited = gpu_task(localize_edited(evalset=data.outputs["evalset"], parsed=parsed.outputs["parsed"],
-                                          source_loc=source.outputs["source_loc"],
-                                          editset=edits.outputs["editset"], preset=preset, localizer=localizer,
-                                          batch_size=batch_size))
-        judged = gpu_task(judge(evalset=data.outputs["evalset"], parsed=parsed.outputs["parsed"],
-                                source_loc=source.outputs["source_loc"], edited_loc=edited.outputs["edited_loc"],
-                                editset=edits.outputs["editset"], preset=preset, embedder=embedder,
-                                batch_size=batch_size))
+        edits, judged = candidate_side(data, parsed, source, candidate=candidate, tracking_uri=tracking_uri,
+                                       preset=preset, localizer=localizer, embedder=embedder,
+                                       batch_size=batch_size)
     agg = cpu_task(aggregate(evalset=data.outputs["evalset"], judged=dsl.Collected(judged.outputs["judged"]),
                              editsets=dsl.Collected(edits.outputs["editset"]), alpha=alpha,
                              calibration=calibration, preset=preset, campaign=campaign,

@@ -800,8 +800,9 @@ def _setup_args(r: Rendered, container: str, tmp_path: Path) -> list[str]:
     }
     args = []
     for arg in c.spec["args"]:
-        arg = mapping.get(arg, arg)
-        if arg.startswith("/tmp/"):
+        if arg in mapping:
+            arg = mapping[arg]  # a file of this checkout (which may itself live under /tmp)
+        elif arg.startswith("/tmp/"):
             arg = str(tmp_path / arg.removeprefix("/tmp/"))
         args.append(arg.replace("$(KFP_HOST)", _env_value(r, c, "KFP_HOST")))
     return args

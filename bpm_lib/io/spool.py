@@ -10,7 +10,9 @@ spool entry instead of losing the work::
 The spool dir is ``$BPM_SPOOL_DIR``, else ``.bpm/spool``. The results folder itself is
 referenced, not copied: it must still exist when the entry is replayed. Arguments hold
 no credentials: params pass through :func:`~bpm_lib.io.tracking.safe_params` first and
-nothing from the environment is stored.
+nothing from the environment is stored; a ``user:password`` in the tracking URI is
+replaced by ``***`` (``flush`` then takes the URI from ``--tracking-uri`` or
+``$MLFLOW_TRACKING_URI``).
 
 :func:`flush` (``bpm tracking flush``) replays every entry: it first looks for runs
 tagged with the entry's log id, so a campaign that did get logged is not logged twice and
@@ -47,6 +49,7 @@ LOCK_FILE = ".lock"
 KIND_LOG_CAMPAIGN = "log_campaign"
 ENTRY_VERSION = 1
 _ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+REDACTED = "***@"  # what redact_uri puts in place of user:password
 
 
 class SpoolBusy(BpmError):
@@ -224,10 +227,14 @@ def _call_log_campaign(args: Mapping[str, Any], tracking_uri: str | None) -> Any
 def log_campaign_or_spool(arguments: Mapping[str, Any], *, spool_dir: str | os.PathLike[str] | None = None) -> Any:
     """Log a campaign (``arguments`` from :func:`campaign_arguments`); if MLflow cannot take
     it, spool it and raise :class:`TrackingError` naming the spool entry."""
+    from bpm_lib.io.tracking import redact_uri
+
     try:
         return _call_log_campaign(arguments, None)
     except TrackingError as e:
-        entry = write_entry(KIND_LOG_CAMPAIGN, arguments, results_dir=arguments["results_dir"], error=str(e),
+        # A user:password in the tracking URI is not written to disk (flush asks for the URI).
+        stored = {**arguments, "tracking_uri": redact_uri(str(arguments["tracking_uri"]))}
+        entry = write_entry(KIND_LOG_CAMPAIGN, stored, results_dir=arguments["results_dir"], error=str(e),
                             entry_id=arguments["log_id"], spool_dir=spool_dir)
         raise TrackingError(
             f"{e}. Nothing is lost: the results ({entry.results_dir}) are spooled at {entry.path}; "
@@ -251,10 +258,20 @@ class FlushOutcome:
 
 
 def _replay(entry: SpoolEntry, tracking_uri: str | None) -> FlushOutcome:
-    from bpm_lib.io.tracking import delete_runs, find_campaign_runs
+    from bpm_lib.io.tracking import (
+        call_with_retries,
+        check_reachable,
+        delete_runs,
+        find_campaign_runs,
+    )
 
     args = entry.arguments
-    uri = tracking_uri or args["tracking_uri"]
+    uri = tracking_uri or _env_uri_for(args["tracking_uri"]) or args["tracking_uri"]
+    if REDACTED in uri:
+        raise DataError(f"spool entry {entry.id}: its tracking URI {uri} held credentials, which are not stored; "
+                        "pass --tracking-uri (or set MLFLOW_TRACKING_URI) to replay it")
+    # fail fast (bounded, no MLflow-internal retries) while the server is still down
+    call_with_retries(lambda: check_reachable(uri), "health check", uri=uri)
     finished, partial = find_campaign_runs(uri, args["experiment"], args["log_id"])
     if partial:
         delete_runs(uri, partial)
@@ -265,6 +282,14 @@ def _replay(entry: SpoolEntry, tracking_uri: str | None) -> FlushOutcome:
     _write_mlflow_json(Path(args["results_dir"]), uri, runs)
     return FlushOutcome(entry.id, "logged", runs.parent_run_id, dict(runs.child_run_ids),
                         deleted_partial_runs=partial)
+
+
+def _env_uri_for(stored: str) -> str | None:
+    """``$MLFLOW_TRACKING_URI`` when it is the stored URI with its credentials."""
+    from bpm_lib.io.tracking import redact_uri
+
+    env = os.environ.get("MLFLOW_TRACKING_URI")
+    return env if env and REDACTED in stored and redact_uri(env) == stored else None
 
 
 def _write_mlflow_json(results_dir: Path, uri: str, runs: Any) -> None:

@@ -48,6 +48,15 @@ RETRY_BASE_SECONDS = 0.5  # backoff before retry n is RETRY_BASE_SECONDS * 2**(n
 RETRY_MAX_SECONDS = 8.0
 
 
+_URL_CREDENTIALS = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://)[^/\s@'\"]+@")
+
+
+def redact_text(text: str) -> str:
+    """``text`` with the user:password of every URL in it replaced (error messages of
+    MLflow and requests quote the URL they called)."""
+    return _URL_CREDENTIALS.sub(r"\1***@", text)
+
+
 def redact_uri(uri: str) -> str:
     """``uri`` without user:password (a tracking URI may carry basic-auth credentials)."""
     try:
@@ -78,7 +87,7 @@ def check_reachable(uri: str, timeout: float = 5.0) -> None:
     except urllib.error.HTTPError as e:
         raise TrackingError(f"MLflow server {redact_uri(uri)} answered {e.code} on /health") from e
     except (urllib.error.URLError, OSError, TimeoutError) as e:
-        raise TrackingError(f"MLflow server {redact_uri(uri)} is unreachable: {e}") from e
+        raise TrackingError(f"MLflow server {redact_uri(uri)} is unreachable: {redact_text(str(e))}") from e
 
 
 @dataclass(frozen=True)
@@ -218,7 +227,7 @@ def call_with_retries(fn: Callable[[], Any], what: str, *, uri: str = "") -> Any
         except Exception as e:
             if not _is_client_failure(e):
                 raise
-            text = str(e).splitlines()[0][:300] if str(e) else type(e).__name__
+            text = redact_text(str(e).splitlines()[0])[:300] if str(e) else type(e).__name__
             if is_transient(e) and attempt < attempts:
                 delay = min(RETRY_MAX_SECONDS, RETRY_BASE_SECONDS * 2 ** (attempt - 1))
                 log.warning("%s: %s failed (%s: %s); retry %d/%d in %.2fs",

@@ -90,7 +90,9 @@ def aggregate_and_log(evalset: str | Path, judged: Sequence[str | Path], editset
                            campaign=campaign, params=params, pipeline_run_id=pipeline_run_id or None)
         metadata["mlflow_parent_run_id"] = runs.parent_run_id
         metadata["mlflow_child_run_ids"] = runs.child_run_ids
-        (Path(results_dir) / "mlflow.json").write_text(json.dumps({
-            "tracking_uri": tracking_uri, "parent_run_id": runs.parent_run_id,
+        from bpm_lib.io.tracking import redact_uri
+
+        (Path(results_dir) / "mlflow.json").write_text(json.dumps({  # no user:password on disk
+            "tracking_uri": redact_uri(tracking_uri), "parent_run_id": runs.parent_run_id,
             "child_run_ids": runs.child_run_ids, "experiment_id": runs.experiment_id}))
     return AggregateOutput(results_metrics(results_dir), metadata)

@@ -3,6 +3,7 @@ same steps in-process (``--in-process``; no KFP overhead, same artifacts and cac
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import json
 import logging
@@ -122,6 +123,10 @@ def run_local(config: RunConfig, *, root: Path = DEFAULT_ROOT, tracking: bool = 
                    raise_on_error=True, enable_caching=cache, cache_root=str(root / "kfp-cache"))
         pipeline, args = pipeline_function(config), pipeline_arguments(config, uri)
         # kfp.local prints task logs to stdout; ours is for results (``bpm run --json``).
+        # kfp.local indents task output by swapping builtins.print per task; with tasks of a
+        # ParallelFor running in threads the swaps interleave and can leave print indented
+        # after the run. Put the real one back whatever happens.
+        real_print = builtins.print
         try:
             with contextlib.redirect_stdout(sys.stderr), warnings.catch_warnings():
                 # Expected locally: the cluster image and the GPU/memory requests do not apply here.
@@ -132,6 +137,8 @@ def run_local(config: RunConfig, *, root: Path = DEFAULT_ROOT, tracking: bool = 
         except RuntimeError as e:  # kfp.local: "Pipeline 'x' finished with status FAILURE. Inner task failed: 'y'."
             raise StageError(f"campaign {config.name!r}: {e} (task logs above; finished stages are cached, "
                              "so a re-run resumes after them)") from e
+        finally:
+            builtins.print = real_print
     results = Path(task.output.path)
     return _result(results, uri, time.perf_counter() - t0, "kfp-local")
 

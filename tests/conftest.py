@@ -35,3 +35,16 @@ def mlflow_tracking(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mlflow
     """A real MLflow server (SQLite, local artifacts) shared by the session."""
     with mlflow_server(tmp_path_factory.mktemp("mlflow")) as server:
         yield server
+
+
+@pytest.fixture(autouse=True)
+def _real_print() -> Iterator[None]:
+    """kfp.local swaps ``builtins.print`` per task to indent its logs; when tasks run in
+    threads (ParallelFor) the swaps can interleave and leave it swapped. Product code
+    restores it (bpm_lib.runner.local); tests that drive kfp.local directly get the same
+    guarantee here, so one test cannot change what the next one prints."""
+    import builtins
+
+    real = builtins.print
+    yield
+    builtins.print = real

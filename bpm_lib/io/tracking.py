@@ -98,6 +98,23 @@ class LocalServer:
     started: bool
 
 
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` exists and is not a zombie."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except PermissionError:
+        return True
+    except (OSError, ValueError, OverflowError):
+        return False
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return stat.rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True  # no /proc: trust kill(pid, 0)
+
+
 def ensure_local_server(root: Path = DEFAULT_ROOT, port: int | None = None, timeout: float = 120.0) -> LocalServer:
     """Start (or reuse) an MLflow server on 127.0.0.1 with SQLite under ``root/mlflow``.
 
@@ -110,9 +127,19 @@ def ensure_local_server(root: Path = DEFAULT_ROOT, port: int | None = None, time
     if state.exists():
         try:
             info = json.loads(state.read_text())
-            check_reachable(info["url"], timeout=2)
-            return LocalServer(info["url"], int(info["pid"]), base, started=False)
-        except (TrackingError, KeyError, ValueError):
+            url, pid = str(info["url"]), int(info["pid"])
+            # A live server on a busy machine can take more than a moment to answer: wait for
+            # it rather than start a second server on the same SQLite store.
+            deadline = time.monotonic() + (timeout if _alive(pid) else 0.0)
+            while True:
+                try:
+                    check_reachable(url, timeout=2)
+                    return LocalServer(url, pid, base, started=False)
+                except TrackingError:
+                    if time.monotonic() >= deadline or not _alive(pid):
+                        raise
+                    time.sleep(0.5)
+        except (TrackingError, KeyError, ValueError, TypeError):
             log.info("stale local MLflow server record; starting a new server")
     if port is None:
         import socket

@@ -103,10 +103,13 @@ COPY --from=builder /opt/venv /opt/venv
 
 # Caches live under /var/cache/bpm (a volume on Kubernetes; the root filesystem may be
 # read-only). NVIDIA_VISIBLE_DEVICES is left to the device plugin, so pods without a GPU
-# request see no GPU.
+# request see no GPU. MLflow's own HTTP retries are kept short: bpm retries a failed
+# logging call itself and then spools the results (BPM_SPOOL_DIR) instead of waiting minutes.
 ENV PATH=/opt/venv/bin:$PATH \
     VIRTUAL_ENV=/opt/venv \
     HOME=/home/bpm \
+    MLFLOW_HTTP_REQUEST_MAX_RETRIES=2 \
+    BPM_SPOOL_DIR=/var/cache/bpm/spool \
     BPM_CACHE_DIR=/var/cache/bpm \
     HF_HOME=/var/cache/bpm/huggingface \
     TORCH_HOME=/var/cache/bpm/torch \

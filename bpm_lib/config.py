@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 import re
 import types
 import typing
@@ -196,23 +197,33 @@ def parse_config(data: Any) -> RunConfig:
     return typing.cast(RunConfig, _build(RunConfig, data, ""))
 
 
-def load_config(path: str | Path) -> RunConfig:
+def read_yaml_file(path: str | os.PathLike[str], what: str = "config") -> Any:
+    """``yaml.safe_load`` of a file; every way it can be unreadable is a :class:`ConfigError`
+    naming the file (missing, a folder, not UTF-8, not YAML, nested too deeply)."""
     p = Path(path)
     try:
         text = p.read_text(encoding="utf-8")
     except FileNotFoundError as e:
-        raise ConfigError(f"config file not found: {p}") from e
+        raise ConfigError(f"{what} file not found: {p}") from e
     except UnicodeDecodeError as e:
-        raise ConfigError(f"config {p}: not UTF-8 text ({e})") from e
+        raise ConfigError(f"{what} {p}: not UTF-8 text ({e})") from e
     except OSError as e:  # a folder, no permission, …
-        raise ConfigError(f"config {p}: cannot read: {e}") from e
+        raise ConfigError(f"{what} {p}: cannot read: {e}") from e
+    return read_yaml_text(text, f"{what} {p}")
+
+
+def read_yaml_text(text: str, where: str) -> Any:
+    """``yaml.safe_load`` of ``text``; errors are :class:`ConfigError` naming ``where``."""
     try:
-        data = yaml.safe_load(text)
+        return yaml.safe_load(text)
     except yaml.YAMLError as e:
-        raise ConfigError(f"config {p}: not valid YAML: {e}") from e
+        raise ConfigError(f"{where}: not valid YAML: {e}") from e
     except RecursionError as e:
-        raise ConfigError(f"config {p}: not valid YAML: nested too deeply") from e
-    return parse_config(data)
+        raise ConfigError(f"{where}: not valid YAML: nested too deeply") from e
+
+
+def load_config(path: str | Path) -> RunConfig:
+    return parse_config(read_yaml_file(path, "config"))
 
 
 def demo_config(name: str = "bpm-demo") -> RunConfig:

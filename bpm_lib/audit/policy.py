@@ -34,8 +34,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-
 from bpm_lib.aggregate import SCORE_KEYS
 from bpm_lib.errors import BpmError, ConfigError
 from bpm_lib.types import EDIT_TYPES
@@ -430,11 +428,9 @@ def policy_from_text(text: str, *, base: str | Path | None = None, source_path: 
     """Parse policy YAML text (``yaml.safe_load``)."""
     if not isinstance(text, str):
         raise TypeError(f"text must be a string, got {type(text).__name__}")
-    where = source_path or "policy"
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        raise ConfigError(f"policy {where}: not valid YAML: {e}") from e
+    from bpm_lib.config import read_yaml_text
+
+    data = read_yaml_text(text, f"policy {source_path or 'policy'}")
     digest = "sha256:" + hashlib.sha256(text.encode("utf-8")).hexdigest()
     return parse_policy(data, base=base, source_path=source_path, text_digest=digest)
 

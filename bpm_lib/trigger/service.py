@@ -42,8 +42,6 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Literal, Protocol, cast
 
-import yaml
-
 from bpm_lib.config import _build
 from bpm_lib.errors import BpmError, ConfigError, ModelLoadError
 from bpm_lib.trigger.pollers import ORIGIN_REGISTRY, poller_for
@@ -199,16 +197,9 @@ def parse_trigger_config(data: Any) -> TriggerConfig:
 
 
 def load_trigger_config(path: str | os.PathLike[str]) -> TriggerConfig:
-    p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except FileNotFoundError as e:
-        raise ConfigError(f"trigger config file not found: {p}") from e
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        raise ConfigError(f"trigger config {p}: not valid YAML: {e}") from e
-    return parse_trigger_config(data)
+    from bpm_lib.config import read_yaml_file
+
+    return parse_trigger_config(read_yaml_file(path, "trigger config"))
 
 
 # ----------------------------------------------------------------------------- tags

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import logging
 import warnings
+from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
@@ -190,7 +191,7 @@ def _rgb(img: Image.Image) -> Image.Image:
 # ---------------------------------------------------------------------------------------
 
 
-class _PixelDistance:
+class _PixelDistance(ABC):
     higher_is_better: bool = False
     name: str = ""
 
@@ -200,8 +201,9 @@ class _PixelDistance:
     def identity(self) -> dict[str, Any]:
         return {"name": self.name, "frame": self.frame}
 
+    @abstractmethod
     def _distance(self, a: np.ndarray, b: np.ndarray) -> float:
-        raise NotImplementedError
+        """The distance of two uint8 frames (a subclass's definition)."""
 
     def compute(
         self,

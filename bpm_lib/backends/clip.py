@@ -20,6 +20,7 @@ import contextlib
 import json
 import logging
 import os
+from abc import ABC, abstractmethod
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -97,7 +98,7 @@ def _check_texts(texts: Sequence[str]) -> list[str]:
     return out
 
 
-class _BatchedEmbedder:
+class _BatchedEmbedder(ABC):
     """Batching, the text LRU cache and lazy one-time loading shared by every embedder.
 
     Subclasses implement :meth:`_load`, :meth:`_encode_image_batch` and
@@ -119,14 +120,17 @@ class _BatchedEmbedder:
         self._misses = 0
 
     # -- subclass hooks -------------------------------------------------------------
+    @abstractmethod
     def _load(self) -> None:
-        raise NotImplementedError
+        """Build or load the model (called once, on first use)."""
 
+    @abstractmethod
     def _encode_image_batch(self, images: list[Image.Image]) -> np.ndarray:
-        raise NotImplementedError
+        """One batch of images → float32 ``[n, D]``."""
 
+    @abstractmethod
     def _encode_text_batch(self, texts: list[str]) -> np.ndarray:
-        raise NotImplementedError
+        """One batch of texts → float32 ``[n, D]``."""
 
     # -- public API ------------------------------------------------------------------
     def load(self) -> None:

@@ -208,16 +208,10 @@ def run_localize_source(
                 ),
             )
             for (sample, _, fp), outcome in zip(batch, outcomes, strict=True):
-                record: dict[str, Any] = {"sample_id": sample.sample_id, "fingerprint": fp, "localizer": identity}
-                if isinstance(outcome, Localization):
-                    record.update(status="ok", localization=outcome.to_dict(), error=None)
-                    stats.computed += 1
-                else:
-                    record.update(status="error", localization=None, error=f"localize source: {outcome}")
-                    stats.failed += 1
-                    outcome = record["error"]
-                store.append(record)
-                results[sample.sample_id] = outcome
+                results[sample.sample_id] = _record_localization(
+                    store, stats, outcome, "localize source",
+                    {"sample_id": sample.sample_id, "fingerprint": fp, "localizer": identity},
+                )
     stats.seconds = time.perf_counter() - t0
     return results, stats
 
@@ -301,19 +295,27 @@ def run_localize_edited(
                 ),
             )
             for (sample, _, _, _, fp), outcome in zip(batch, outcomes, strict=True):
-                record: dict[str, Any] = {"sample_id": sample.sample_id, "candidate": candidate,
-                                          "fingerprint": fp, "localizer": identity}
-                if isinstance(outcome, Localization):
-                    record.update(status="ok", localization=outcome.to_dict(), error=None)
-                    stats.computed += 1
-                else:
-                    record.update(status="error", localization=None, error=f"localize edited: {outcome}")
-                    stats.failed += 1
-                    outcome = record["error"]
-                store.append(record)
-                results[sample.sample_id] = outcome
+                results[sample.sample_id] = _record_localization(
+                    store, stats, outcome, "localize edited",
+                    {"sample_id": sample.sample_id, "candidate": candidate, "fingerprint": fp, "localizer": identity},
+                )
     stats.seconds = time.perf_counter() - t0
     return results, stats
+
+
+def _record_localization(store: KeyedJsonl, stats: StageStats, outcome: Localization | str, stage: str,
+                         record: dict[str, Any]) -> Localization | str:
+    """Append one sample's localization (or its error) and count it; returns what the
+    caller keeps for the sample: the Localization, or the error text."""
+    if isinstance(outcome, Localization):
+        record.update(status="ok", localization=outcome.to_dict(), error=None)
+        stats.computed += 1
+        store.append(record)
+        return outcome
+    record.update(status="error", localization=None, error=f"{stage}: {outcome}")
+    stats.failed += 1
+    store.append(record)
+    return str(record["error"])
 
 
 def load_localizations(path: Path) -> dict[str, Localization | str]:

@@ -192,23 +192,29 @@ def test_omp_wait_policy_defaults_to_passive() -> None:
     assert out.stdout.strip() == "ACTIVE"
 
 
-def test_score_record_equals_to_dict_without_copying_the_mask() -> None:
+def test_score_to_dict_shares_the_mask_and_copies_the_rest() -> None:
+    import json
+    from dataclasses import asdict
+
     import numpy as np
 
-    from bpm_lib.io.jsonl import dumps
     from bpm_lib.masks import encode_rle
-    from bpm_lib.runner.stages import score_record
     from bpm_lib.types import SampleScore
 
     mask = np.zeros((500, 500), dtype=bool)
     mask[::3, ::7] = True  # many runs, like a noisy SAM mask
     rle = encode_rle(mask)
-    score = SampleScore("s1", "c", s_modify=0.25, s_preserve=0.1, extra={"fingerprint": "f", "edit_mask": rle})
-    record = score_record(score)
-    assert dumps(record) == dumps(score.to_dict())
+    score = SampleScore("s1", "c", s_modify=0.25, s_preserve=0.1, source_boxes=[[1.0, 2.0, 3.0, 4.0]],
+                        extra={"fingerprint": "f", "edit_mask": rle, "nested": {"a": [1]}})
+    record = score.to_dict()
+    assert json.dumps(record, sort_keys=True) == json.dumps(asdict(score), sort_keys=True)
     assert record["extra"]["edit_mask"] is rle  # shared, not deep-copied
+    record["extra"]["nested"]["a"].append(2)
+    record["source_boxes"][0][0] = 9.0
+    assert score.extra["nested"] == {"a": [1]} and score.source_boxes == [[1.0, 2.0, 3.0, 4.0]]
     plain = replace(score, extra={"fingerprint": "f"})
-    assert score_record(plain) == plain.to_dict()
+    assert plain.to_dict() == asdict(plain)
+    assert SampleScore.from_dict(record).extra["edit_mask"] == rle
 
 
 def test_judge_releases_images_after_each_batch(tmp_path: Path) -> None:

@@ -129,14 +129,29 @@ class KeyedJsonl:
     def append(self, record: Mapping[str, Any]) -> None:
         """Write ``record`` (fsync'd). Writing the record its key already holds is a no-op,
         so a resumed stage that redoes a deterministic failure never repeats a key."""
-        line = dumps(record)
-        old = self._records.get(self.key_fn(record))
-        if old is not None and dumps(old) == line:
-            return
-        self._fh.write(line + "\n")
-        self._fh.flush()
-        os.fsync(self._fh.fileno())
-        self._records[self.key_fn(record)] = dict(record)
+        self.append_many([record])
+
+    def append_many(self, records: Iterable[Mapping[str, Any]]) -> int:
+        """Write ``records`` with one flush and one fsync for all of them (a batch of a
+        stage is durable together: a kill loses at most the batch being written, whose
+        torn last line is dropped on reopen). Records equal to what their key already
+        holds are skipped; returns how many lines were written."""
+        lines: list[str] = []
+        written: dict[Any, dict[str, Any]] = {}
+        for record in records:
+            key = self.key_fn(record)
+            line = dumps(record)
+            old = written.get(key, self._records.get(key))
+            if old is not None and dumps(old) == line:
+                continue
+            lines.append(line + "\n")
+            written[key] = dict(record)
+        if lines:
+            self._fh.write("".join(lines))
+            self._fh.flush()
+            os.fsync(self._fh.fileno())
+            self._records.update(written)
+        return len(lines)
 
     def close(self) -> None:
         if not self._fh.closed:

@@ -379,23 +379,24 @@ def _collect(items: Sequence[Mapping[str, Any]], root: Path) -> tuple[list[Sampl
 def _score(samples: Sequence[Sample], edits: Mapping[str, Mapping[str, str]], backends: Backends, work_dir: Path, *,
            batch_size: int, progress: bool) -> dict[tuple[str, str], SampleScore]:
     """Judged (not aggregated) scores per (sample id, candidate number)."""
-    from bpm_lib.runner.imagecache import ImageCache
+    from bpm_lib.runner.imagecache import ImageCache, default_workers
     from bpm_lib.runner.stages import run_judge, run_localize_edited, run_localize_source, run_parse
 
-    images = ImageCache(capacity=max(2 * batch_size, 32))
     parsed, _ = run_parse(samples, backends.parser, work_dir, progress=progress)
-    source, _ = run_localize_source(samples, parsed, backends.localizer, work_dir, batch_size=batch_size,
-                                    images=images, progress=progress)
     out: dict[tuple[str, str], SampleScore] = {}
-    for number in sorted(edits, key=int):
-        cand_edits = edits[number]
-        subset = [s for s in samples if s.sample_id in cand_edits]
-        edited, _ = run_localize_edited(subset, parsed, source, cand_edits, backends.localizer, work_dir,
-                                        candidate=number, batch_size=batch_size, images=images, progress=progress)
-        judged, _ = run_judge(subset, parsed, source, edited, cand_edits, backends.embedder, work_dir,
-                              candidate=number, batch_size=batch_size, images=images, progress=progress)
-        for score in judged:
-            out[(score.sample_id, number)] = score
+    with ImageCache(capacity=max(2 * batch_size, 32), workers=default_workers()) as images:
+        source, _ = run_localize_source(samples, parsed, backends.localizer, work_dir, batch_size=batch_size,
+                                        images=images, progress=progress)
+        for number in sorted(edits, key=int):
+            cand_edits = edits[number]
+            subset = [s for s in samples if s.sample_id in cand_edits]
+            edited, _ = run_localize_edited(subset, parsed, source, cand_edits, backends.localizer, work_dir,
+                                            candidate=number, batch_size=batch_size, images=images,
+                                            progress=progress)
+            judged, _ = run_judge(subset, parsed, source, edited, cand_edits, backends.embedder, work_dir,
+                                  candidate=number, batch_size=batch_size, images=images, progress=progress)
+            for score in judged:
+                out[(score.sample_id, number)] = score
     return out
 
 

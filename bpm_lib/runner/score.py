@@ -16,14 +16,13 @@ from typing import Any
 from bpm_lib import aggregate
 from bpm_lib.io.jsonl import write_json_atomic, write_jsonl_atomic
 from bpm_lib.runner.backends import Backends
-from bpm_lib.runner.imagecache import ImageCache
+from bpm_lib.runner.imagecache import ImageCache, default_workers
 from bpm_lib.runner.stages import (
     StageStats,
     run_judge,
     run_localize_edited,
     run_localize_source,
     run_parse,
-    score_record,
 )
 from bpm_lib.types import Calibration, RunSummary, Sample, SampleScore
 
@@ -65,7 +64,25 @@ def score_candidates(
     t0 = time.perf_counter()
     work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
-    images = ImageCache(capacity=max(2 * batch_size, 32))
+    with ImageCache(capacity=max(2 * batch_size, 32), workers=default_workers()) as images:
+        return _score_candidates(samples, edits, backends, work_dir, images, alpha=alpha, calibration=calibration,
+                                 batch_size=batch_size, progress=progress, failures=failures, t0=t0)
+
+
+def _score_candidates(
+    samples: Sequence[Sample],
+    edits: Mapping[str, Mapping[str, str]],
+    backends: Backends,
+    work_dir: Path,
+    images: ImageCache,
+    *,
+    alpha: float | None,
+    calibration: Calibration | None,
+    batch_size: int,
+    progress: bool,
+    failures: Mapping[str, Sequence[SampleScore]] | None,
+    t0: float,
+) -> ScoreResult:
     stages: list[StageStats] = []
 
     parsed, st = run_parse(samples, backends.parser, work_dir, progress=progress)
@@ -123,7 +140,7 @@ def finalize(
 def write_results(result: ScoreResult, out_dir: Path) -> None:
     """``scores.jsonl`` (one line per sample and candidate) + ``summary.json``."""
     out_dir = Path(out_dir)
-    write_jsonl_atomic(out_dir / "scores.jsonl", (score_record(s) for c in result.scores.values() for s in c))
+    write_jsonl_atomic(out_dir / "scores.jsonl", (s.to_dict() for c in result.scores.values() for s in c))
     summary = {
         "candidates": {c: s.to_dict() for c, s in result.summaries.items()},
         "calibration": result.calibration.to_dict() if result.calibration else None,

@@ -16,6 +16,7 @@ computed once, whatever the number of candidates.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -33,7 +34,7 @@ from bpm_lib.backends.base import Embedder, InstructionParser, Localizer
 from bpm_lib.errors import BpmError
 from bpm_lib.io.jsonl import KeyedJsonl
 from bpm_lib.masks import encode_rle
-from bpm_lib.runner.imagecache import ImageCache
+from bpm_lib.runner.imagecache import ImageCache, default_workers
 from bpm_lib.types import Localization, ParsedInstruction, Sample, SampleScore
 
 log = logging.getLogger(__name__)
@@ -181,10 +182,9 @@ def run_localize_source(
     """Localize the edit region on the source side: once per sample, shared by all candidates."""
     stats = StageStats("localize_source")
     t0 = time.perf_counter()
-    images = images or ImageCache()
     identity = localizer.identity()
     results: dict[str, Localization | str] = {}
-    with _loc_records(Path(out_dir) / SOURCE_FILE) as store:
+    with _images_for(images, batch_size) as images, _loc_records(Path(out_dir) / SOURCE_FILE) as store:
         todo: list[tuple[Sample, ParsedInstruction, str]] = []
         for sample in samples:
             p = parsed.get(sample.sample_id)
@@ -199,7 +199,9 @@ def run_localize_source(
                 continue
             todo.append((sample, p, fp))
         n_batches = -(-len(todo) // batch_size) if todo else 0
-        for batch in _progress(batched(todo, batch_size), n_batches, "localize source", progress):
+        batches = _prefetching(batched(todo, batch_size), images, "rgb",
+                               lambda batch: [(s.source_image, f"{s.sample_id}: source_image") for s, _, _ in batch])
+        for batch in _progress(batches, n_batches, "localize source", progress):
             outcomes = _isolate(
                 batch,
                 lambda items: localizer.localize_source(
@@ -207,11 +209,14 @@ def run_localize_source(
                     [images.rgb(s.source_image, f"{s.sample_id}: source_image") for s, _, _ in items],
                 ),
             )
+            records = []
             for (sample, _, fp), outcome in zip(batch, outcomes, strict=True):
-                results[sample.sample_id] = _record_localization(
-                    store, stats, outcome, "localize source",
-                    {"sample_id": sample.sample_id, "fingerprint": fp, "localizer": identity},
-                )
+                record = _localization_record(stats, outcome, "localize source",
+                                              {"sample_id": sample.sample_id, "fingerprint": fp,
+                                               "localizer": identity})
+                results[sample.sample_id] = outcome if isinstance(outcome, Localization) else str(record["error"])
+                records.append(record)
+            store.append_many(records)
     stats.seconds = time.perf_counter() - t0
     return results, stats
 
@@ -256,10 +261,9 @@ def run_localize_edited(
     """Localize the edit region in one candidate's edited images (``edits``: sample_id → path)."""
     stats = StageStats("localize_edited", extra={"candidate": candidate})
     t0 = time.perf_counter()
-    images = images or ImageCache()
     identity = localizer.identity()
     results: dict[str, Localization | str] = {}
-    with _loc_records(Path(out_dir) / edited_file(candidate)) as store:
+    with _images_for(images, batch_size) as images, _loc_records(Path(out_dir) / edited_file(candidate)) as store:
         todo: list[tuple[Sample, ParsedInstruction, Localization, str, str]] = []
         for sample in samples:
             p = parsed.get(sample.sample_id)
@@ -282,7 +286,9 @@ def run_localize_edited(
                 continue
             todo.append((sample, p, src, edited_path, fp))
         n_batches = -(-len(todo) // batch_size) if todo else 0
-        for batch in _progress(batched(todo, batch_size), n_batches, f"localize {candidate}", progress):
+        batches = _prefetching(batched(todo, batch_size), images, "rgb",
+                               lambda batch: [(it[3], f"{it[0].sample_id}: edited image") for it in batch])
+        for batch in _progress(batches, n_batches, f"localize {candidate}", progress):
             outcomes = _isolate(
                 batch,
                 lambda items: localizer.localize_edited(
@@ -294,28 +300,57 @@ def run_localize_edited(
                     ),
                 ),
             )
+            records = []
             for (sample, _, _, _, fp), outcome in zip(batch, outcomes, strict=True):
-                results[sample.sample_id] = _record_localization(
-                    store, stats, outcome, "localize edited",
-                    {"sample_id": sample.sample_id, "candidate": candidate, "fingerprint": fp, "localizer": identity},
-                )
+                record = _localization_record(stats, outcome, "localize edited",
+                                              {"sample_id": sample.sample_id, "candidate": candidate,
+                                               "fingerprint": fp, "localizer": identity})
+                results[sample.sample_id] = outcome if isinstance(outcome, Localization) else str(record["error"])
+                records.append(record)
+            store.append_many(records)
     stats.seconds = time.perf_counter() - t0
     return results, stats
 
 
-def _record_localization(store: KeyedJsonl, stats: StageStats, outcome: Localization | str, stage: str,
-                         record: dict[str, Any]) -> Localization | str:
-    """Append one sample's localization (or its error) and count it; returns what the
-    caller keeps for the sample: the Localization, or the error text."""
+def _localization_record(stats: StageStats, outcome: Localization | str, stage: str,
+                         record: dict[str, Any]) -> dict[str, Any]:
+    """One sample's localization record (or its error), counted in ``stats``; the caller
+    writes a batch's records together."""
     if isinstance(outcome, Localization):
         record.update(status="ok", localization=outcome.to_dict(), error=None)
         stats.computed += 1
-        store.append(record)
-        return outcome
-    record.update(status="error", localization=None, error=f"{stage}: {outcome}")
-    stats.failed += 1
-    store.append(record)
-    return str(record["error"])
+    else:
+        record.update(status="error", localization=None, error=f"{stage}: {outcome}")
+        stats.failed += 1
+    return record
+
+
+@contextlib.contextmanager
+def _images_for(images: ImageCache | None, batch_size: int) -> Iterator[ImageCache]:
+    """The caller's image cache, or one of the stage's own with background decoding
+    (closed when the stage ends)."""
+    if images is not None:
+        yield images
+        return
+    with ImageCache(capacity=max(2 * batch_size, 32), workers=default_workers()) as own:
+        yield own
+
+
+def _prefetching(batches: Iterable[list[T]], images: ImageCache, kind: str,
+                 paths: Callable[[list[T]], list[tuple[str, str]]]) -> Iterator[list[T]]:
+    """Yield ``batches`` one by one, asking ``images`` to decode the following batch's
+    images in the background while the caller works on the current one (no-op for a
+    cache without workers)."""
+    it = iter(batches)
+    current = next(it, None)
+    if current is not None:
+        images.prefetch(paths(current), kind)
+    while current is not None:
+        following = next(it, None)
+        if following is not None:
+            images.prefetch(paths(following), kind)
+        yield current
+        current = following
 
 
 def load_localizations(path: Path) -> dict[str, Localization | str]:
@@ -396,11 +431,11 @@ def run_judge(
     one image-embedding call and one text-embedding call per batch of samples."""
     stats = StageStats("judge", extra={"candidate": candidate})
     t0 = time.perf_counter()
-    images = images or ImageCache()
     identity = embedder.identity()
     meaningless = bool(identity.get("meaningless"))
     out: dict[str, SampleScore] = {}
-    with KeyedJsonl(Path(out_dir) / scores_file(candidate), lambda r: r["sample_id"]) as store:
+    with _images_for(images, batch_size) as images, \
+            KeyedJsonl(Path(out_dir) / scores_file(candidate), lambda r: r["sample_id"]) as store:
         todo: list[_JudgeItem] = []
         for sample in samples:
             sid = sample.sample_id
@@ -431,12 +466,13 @@ def run_judge(
                 continue
             todo.append(_JudgeItem(sample, p, src, edt, path, fp))
         n_batches = -(-len(todo) // batch_size) if todo else 0
-        for batch in _progress(batched(todo, batch_size), n_batches, f"judge {candidate}", progress):
+        batches = _prefetching(batched(todo, batch_size), images, "frame", _frame_paths)
+        for batch in _progress(batches, n_batches, f"judge {candidate}", progress):
             judged = _judge_batch(batch, embedder, images, candidate, meaningless)
             for it in batch:
                 it.release()
+            store.append_many(score.to_dict() for score in judged)
             for score in judged:
-                store.append(score_record(score))
                 out[score.sample_id] = score
                 if score.ok:
                     stats.computed += 1
@@ -445,6 +481,11 @@ def run_judge(
     stats.seconds = time.perf_counter() - t0
     ordered = [out[s.sample_id] for s in samples if s.sample_id in out]
     return ordered, stats
+
+
+def _frame_paths(batch: list[_JudgeItem]) -> list[tuple[str, str]]:
+    return [p for it in batch for p in ((it.sample.source_image, f"{it.sample.sample_id}: source_image"),
+                                        (it.edited_path, f"{it.sample.sample_id}: edited image"))]
 
 
 def _judge_batch(
@@ -520,22 +561,6 @@ def _judge_batch(
             results.append(SampleScore(sid, candidate, status="error", error=f"judge: {failed.get(sid, 'unknown')}",
                                        parsed=it.parsed.to_dict(), meaningless=meaningless))
     return results
-
-
-def score_record(score: SampleScore) -> dict[str, Any]:
-    """``score.to_dict()`` without deep-copying the edit-mask RLE in ``extra``.
-
-    ``SampleScore.to_dict`` is ``dataclasses.asdict``, which deep-copies every nested
-    list: for a SAM mask's RLE (thousands of run lengths) that copy cost 8-17 % of the
-    judge stage's CPU time on the tiny-random preset (benchmarks/bench_runner.py). The
-    RLE is never mutated, so the record shares it; the JSON written is the same.
-    """
-    mask = score.extra.get("edit_mask")
-    if mask is None:
-        return score.to_dict()
-    record = _replace(score, extra={k: v for k, v in score.extra.items() if k != "edit_mask"}).to_dict()
-    record["extra"]["edit_mask"] = mask
-    return record
 
 
 def _replace(score: SampleScore, **changes: Any) -> SampleScore:

@@ -298,3 +298,17 @@ def test_single_file_artifact_has_a_digest_and_no_record(tmp_path: Path) -> None
     time.sleep(0.01)
     manifest.write_text('{"sample_id": "a"}\n{"sample_id": "b"}\n')
     assert artifact_digest(manifest) != before
+
+
+def test_pipeline_overhead_split_into_fixed_and_per_sample() -> None:
+    from benchmarks.bench_pipeline import break_even, fixed_and_marginal
+
+    fixed, slope = fixed_and_marginal([(240, 34.0), (48, 10.0)])
+    assert fixed == pytest.approx(4.0) and slope == pytest.approx(0.125)
+    costs = {"in-process": 4.0, "kfp-local": 24.0}
+    per = {"in-process": 0.125, "kfp-local": 0.15}
+    n = break_even(costs, per, 1.5)
+    assert n is not None and (costs["kfp-local"] + per["kfp-local"] * n) == pytest.approx(
+        1.5 * (costs["in-process"] + per["in-process"] * n))
+    assert break_even(costs, {"in-process": 0.1, "kfp-local": 0.2}, 1.5) is None  # never within 1.5x
+    assert break_even({"in-process": 10.0, "kfp-local": 5.0}, per, 1.5) == 0.0  # always within

@@ -2,7 +2,7 @@
 
 Suites (``python -m benchmarks --only NAME``):
 
-* ``runner`` (:func:`run_counts`): N samples × K candidates through
+* ``runner`` (:func:`run_counts`): N = 48 samples × K = 3 candidates through
   :func:`bpm_lib.runner.score.score_candidates` with the ``tiny-random`` preset. The
   source-side detector/segmenter calls (the localizer's ``.calls``) must not depend on K
   (= N detector calls), the edited side is N'·K (N': samples with an edited-side phrase,
@@ -98,7 +98,7 @@ def count_source_work(n: int, k: int, root: Path, *, size: tuple[int, int], batc
 
 def run_counts(quick: bool = False) -> list[Figure]:
     """Counted figures of the in-process runner (exact, whatever the machine's load)."""
-    n, k = 12, 3
+    n, k = 48, 3  # more samples than one chunk of score_candidates (2 x batch 16): images must not be re-decoded
     size = (64, 48) if quick else (256, 192)
     figures = []
     with tempfile.TemporaryDirectory(prefix="bench-runner-") as tmp:

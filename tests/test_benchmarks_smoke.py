@@ -33,22 +33,23 @@ def test_quick_runner_suite_counts(tmp_path: Path, capsys: pytest.CaptureFixture
     out = tmp_path / "bench.json"
     assert suite_main(["--quick", "--only", "runner", "--json", str(out)]) == 0
     table = capsys.readouterr().out
-    assert "source detector calls, N=12 K=3" in table and "image decodes" in table
+    assert "source detector calls, N=48 K=3" in table and "image decodes" in table
 
     report = json.loads(out.read_text())
     assert report["suites"] == ["runner"] and report["errors"] == {} and report["quick"] is True
     figures = report["figures"]
     det = _by_name(figures, "source detector calls")
-    assert det["value"] == 12 and det["met"] is True  # = N, not N*K
-    assert det["extra"]["k1"]["detector_source"] == det["extra"]["k3"]["detector_source"] == 12
-    assert det["extra"]["k1"]["segmenter_source"] == det["extra"]["k3"]["segmenter_source"] <= 12
+    assert det["value"] == 48 and det["met"] is True  # = N, not N*K
+    assert det["extra"]["k1"]["detector_source"] == det["extra"]["k3"]["detector_source"] == 48
+    assert det["extra"]["k1"]["segmenter_source"] == det["extra"]["k3"]["segmenter_source"] <= 48
     # The edited side is per candidate: 3x the K=1 count.
     assert det["extra"]["k3"]["detector_edited"] == 3 * det["extra"]["k1"]["detector_edited"] > 0
     assert det["extra"]["k3"]["segmenter_edited"] == 3 * det["extra"]["k1"]["segmenter_edited"]
-    # 6 local-edit instructions cycled over 12 samples: 2 removals have no edited-side phrase.
-    assert _by_name(figures, "edited detector calls")["value"] == (12 - 2) * 3
+    # 6 local-edit instructions cycled over 48 samples: 8 removals have no edited-side phrase.
+    assert _by_name(figures, "edited detector calls")["value"] == (48 - 8) * 3
     decodes = _by_name(figures, "image decodes")
-    assert decodes["value"] == 12 + 12 * 3 and decodes["met"] is True  # each source once, each edit once
+    # each source once (shared by the candidates), each edit once, across chunks of 32 samples
+    assert decodes["value"] == 48 + 48 * 3 and decodes["met"] is True
     rerun = _by_name(figures, "re-run / first run")
     assert rerun["extra"]["rerun_calls"] == dict.fromkeys(det["extra"]["k3"], 0)  # nothing recomputed
     assert "0 recomputed, 0 decodes" in rerun["detail"]

@@ -18,7 +18,9 @@ from bpm_lib.io.jsonl import write_json_atomic, write_jsonl_atomic
 from bpm_lib.runner.backends import Backends
 from bpm_lib.runner.imagecache import ImageCache, default_workers
 from bpm_lib.runner.stages import (
+    OpenStores,
     StageStats,
+    batched,
     run_judge,
     run_localize_edited,
     run_localize_source,
@@ -44,6 +46,20 @@ class ScoreResult:
         return sum(s.samples_failed for s in self.summaries.values())
 
 
+MAX_IMAGES = 256  # the most decoded images (and, separately, frames) kept in memory
+
+
+def chunk_plan(candidates: int, batch_size: int) -> tuple[int, int]:
+    """(samples per chunk, image-cache capacity) for scoring ``candidates`` candidates.
+
+    Every image of a chunk must stay cached until the chunk's last candidate is judged:
+    the chunk's sources plus one candidate's edits (and the next batch being decoded in
+    the background) at a time. Two batches per chunk, so each stage call has a batch to
+    decode ahead; fewer samples when many candidates would exceed :data:`MAX_IMAGES`."""
+    chunk = max(1, min(2 * batch_size, MAX_IMAGES // (candidates + 2)))
+    return chunk, min(MAX_IMAGES, chunk * (candidates + 2))
+
+
 def score_candidates(
     samples: Sequence[Sample],
     edits: Mapping[str, Mapping[str, str]],
@@ -60,50 +76,54 @@ def score_candidates(
 
     Source-side work runs once for all candidates. Pool calibration (``calibration`` None)
     is fitted over every candidate's scores together, as the reference does.
+
+    The samples go through the stages chunk by chunk (:func:`chunk_plan`): a chunk's
+    source images are decoded and resized once and reused by every candidate, however
+    many samples there are (stage by stage over the whole set, an image cache of any
+    fixed size would evict them before the next candidate, and every source would be
+    decoded once per candidate again: ``python -m benchmarks --only runner``). Records
+    and resume are the same as stage by stage: one JSONL file per stage and candidate.
     """
     t0 = time.perf_counter()
     work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
-    with ImageCache(capacity=max(2 * batch_size, 32), workers=default_workers()) as images:
-        return _score_candidates(samples, edits, backends, work_dir, images, alpha=alpha, calibration=calibration,
-                                 batch_size=batch_size, progress=progress, failures=failures, t0=t0)
+    chunk, capacity = chunk_plan(len(edits), batch_size)
+    stages: dict[tuple[str, str], StageStats] = {}
 
-
-def _score_candidates(
-    samples: Sequence[Sample],
-    edits: Mapping[str, Mapping[str, str]],
-    backends: Backends,
-    work_dir: Path,
-    images: ImageCache,
-    *,
-    alpha: float | None,
-    calibration: Calibration | None,
-    batch_size: int,
-    progress: bool,
-    failures: Mapping[str, Sequence[SampleScore]] | None,
-    t0: float,
-) -> ScoreResult:
-    stages: list[StageStats] = []
+    def merge(st: StageStats, candidate: str = "") -> None:
+        total = stages.setdefault((st.stage, candidate), StageStats(st.stage, extra=dict(st.extra)))
+        total.computed += st.computed
+        total.reused += st.reused
+        total.failed += st.failed
+        total.seconds += st.seconds
 
     parsed, st = run_parse(samples, backends.parser, work_dir, progress=progress)
-    stages.append(st)
-    source, st = run_localize_source(samples, parsed, backends.localizer, work_dir,
-                                     batch_size=batch_size, images=images, progress=progress)
-    stages.append(st)
-    raw: dict[str, list[SampleScore]] = {}
-    for candidate, cand_edits in edits.items():
-        edited, st = run_localize_edited(samples, parsed, source, cand_edits, backends.localizer, work_dir,
-                                         candidate=candidate, batch_size=batch_size, images=images,
-                                         progress=progress)
-        stages.append(st)
-        raw[candidate], st = run_judge(samples, parsed, source, edited, cand_edits, backends.embedder, work_dir,
-                                       candidate=candidate, batch_size=batch_size, images=images,
-                                       progress=progress)
-        stages.append(st)
-        raw[candidate] = [*raw[candidate], *(failures or {}).get(candidate, ())]
+    merge(st)
+    raw: dict[str, list[SampleScore]] = {candidate: [] for candidate in edits}
+    chunks = batched(samples, chunk)
+    if progress:
+        from tqdm.auto import tqdm
+
+        chunks = tqdm(chunks, total=-(-len(samples) // chunk), desc="score", unit="chunk", leave=False)
+    with ImageCache(capacity=capacity, workers=default_workers()) as images, OpenStores() as stores:
+        for part in chunks:
+            source, st = run_localize_source(part, parsed, backends.localizer, work_dir, batch_size=batch_size,
+                                             images=images, stores=stores)
+            merge(st)
+            for candidate, cand_edits in edits.items():
+                edited, st = run_localize_edited(part, parsed, source, cand_edits, backends.localizer, work_dir,
+                                                 candidate=candidate, batch_size=batch_size, images=images,
+                                                 stores=stores)
+                merge(st, candidate)
+                judged, st = run_judge(part, parsed, source, edited, cand_edits, backends.embedder, work_dir,
+                                       candidate=candidate, batch_size=batch_size, images=images, stores=stores)
+                merge(st, candidate)
+                raw[candidate].extend(judged)
+    for candidate in raw:
+        raw[candidate].extend((failures or {}).get(candidate, ()))
     result = finalize(raw, calibration=calibration, alpha=alpha, preset=backends.preset_name,
                       backends=backends.identity(), seconds=time.perf_counter() - t0)
-    result.stages = stages
+    result.stages = list(stages.values())
     return result
 
 

@@ -165,8 +165,49 @@ def load_parsed(out_dir: Path) -> dict[str, ParsedInstruction | str]:
 # ------------------------------------------------------------------------ localize
 
 
+def _by_sample(record: Mapping[str, Any]) -> str:
+    return str(record["sample_id"])
+
+
 def _loc_records(path: Path) -> KeyedJsonl:
-    return KeyedJsonl(path, lambda r: r["sample_id"])
+    return KeyedJsonl(path, _by_sample)
+
+
+class OpenStores:
+    """The stages' JSONL record files kept open across calls, for a caller that runs the
+    stages over the samples chunk by chunk (each :class:`KeyedJsonl` reads its whole
+    file when opened; reopening it per chunk would read it once per chunk)."""
+
+    def __init__(self) -> None:
+        self._open: dict[Path, KeyedJsonl] = {}
+
+    def get(self, path: Path) -> KeyedJsonl:
+        key = Path(path).resolve()
+        store = self._open.get(key)
+        if store is None:
+            store = self._open[key] = KeyedJsonl(key, _by_sample)
+        return store
+
+    def close(self) -> None:
+        for store in self._open.values():
+            store.close()
+        self._open.clear()
+
+    def __enter__(self) -> OpenStores:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+@contextlib.contextmanager
+def _records(path: Path, stores: OpenStores | None) -> Iterator[KeyedJsonl]:
+    """The record file at ``path``: from ``stores`` (left open), else opened for the call."""
+    if stores is not None:
+        yield stores.get(path)
+        return
+    with KeyedJsonl(path, _by_sample) as store:
+        yield store
 
 
 def run_localize_source(
@@ -178,13 +219,14 @@ def run_localize_source(
     batch_size: int = 8,
     images: ImageCache | None = None,
     progress: bool = False,
+    stores: OpenStores | None = None,
 ) -> tuple[dict[str, Localization | str], StageStats]:
     """Localize the edit region on the source side: once per sample, shared by all candidates."""
     stats = StageStats("localize_source")
     t0 = time.perf_counter()
     identity = localizer.identity()
     results: dict[str, Localization | str] = {}
-    with _images_for(images, batch_size) as images, _loc_records(Path(out_dir) / SOURCE_FILE) as store:
+    with _images_for(images, batch_size) as images, _records(Path(out_dir) / SOURCE_FILE, stores) as store:
         todo: list[tuple[Sample, ParsedInstruction, str]] = []
         for sample in samples:
             p = parsed.get(sample.sample_id)
@@ -257,13 +299,15 @@ def run_localize_edited(
     batch_size: int = 8,
     images: ImageCache | None = None,
     progress: bool = False,
+    stores: OpenStores | None = None,
 ) -> tuple[dict[str, Localization | str], StageStats]:
     """Localize the edit region in one candidate's edited images (``edits``: sample_id → path)."""
     stats = StageStats("localize_edited", extra={"candidate": candidate})
     t0 = time.perf_counter()
     identity = localizer.identity()
     results: dict[str, Localization | str] = {}
-    with _images_for(images, batch_size) as images, _loc_records(Path(out_dir) / edited_file(candidate)) as store:
+    with _images_for(images, batch_size) as images, \
+            _records(Path(out_dir) / edited_file(candidate), stores) as store:
         todo: list[tuple[Sample, ParsedInstruction, Localization, str, str]] = []
         for sample in samples:
             p = parsed.get(sample.sample_id)
@@ -426,6 +470,7 @@ def run_judge(
     batch_size: int = 16,
     images: ImageCache | None = None,
     progress: bool = False,
+    stores: OpenStores | None = None,
 ) -> tuple[list[SampleScore], StageStats]:
     """Region- and semantic-aware judges for one candidate (BPM_SPEC §4–§5), batched:
     one image-embedding call and one text-embedding call per batch of samples."""
@@ -435,7 +480,7 @@ def run_judge(
     meaningless = bool(identity.get("meaningless"))
     out: dict[str, SampleScore] = {}
     with _images_for(images, batch_size) as images, \
-            KeyedJsonl(Path(out_dir) / scores_file(candidate), lambda r: r["sample_id"]) as store:
+            _records(Path(out_dir) / scores_file(candidate), stores) as store:
         todo: list[_JudgeItem] = []
         for sample in samples:
             sid = sample.sample_id

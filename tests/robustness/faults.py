@@ -178,8 +178,8 @@ def flaky_proxy(upstream: str) -> Iterator[FlakyProxy]:
 # --------------------------------------------------------------------------- killing a process
 
 # Run in a child process before the target code. BPM_FI_MODE:
-#   after    SIGKILL right after the BPM_FI_AT-th KeyedJsonl record is written (fsync'd)
-#   torn     write half of the BPM_FI_AT-th record, no newline, fsync, SIGKILL (a torn line)
+#   after    SIGKILL right after the batch holding the BPM_FI_AT-th KeyedJsonl record is written (fsync'd)
+#   torn     write the batch up to half of the BPM_FI_AT-th record, no newline, fsync, SIGKILL (a torn line)
 #   publish  SIGKILL just before (BPM_FI_AT=0) or after (1) a data file is copied into BPM_FI_DIR
 #            (a step publishing its output)
 KILL_HOOK = r'''
@@ -194,21 +194,29 @@ def _die():
     os.kill(os.getpid(), signal.SIGKILL)
 
 if _mode in ("after", "torn"):
-    _append = _jsonl.KeyedJsonl.append
+    # Every record goes through append_many (append is a batch of one); records are
+    # counted one by one, whatever the batch they are written in.
+    _many = _jsonl.KeyedJsonl.append_many
 
-    def append(self, record):
-        _count[0] += 1
-        if _count[0] == _at and _mode == "torn":
-            line = _jsonl.dumps(record) + "\n"
-            self._fh.write(line[: len(line) // 2])
+    def append_many(self, records):
+        records = list(records)
+        start = _count[0]
+        _count[0] += len(records)
+        hit = start < _at <= _count[0]
+        if hit and _mode == "torn":
+            # the batch's write stops half-way through the BPM_FI_AT-th record
+            k = _at - start - 1
+            line = _jsonl.dumps(records[k]) + "\n"
+            self._fh.write("".join(_jsonl.dumps(r) + "\n" for r in records[:k]) + line[: len(line) // 2])
             self._fh.flush()
             os.fsync(self._fh.fileno())
             _die()
-        _append(self, record)
-        if _count[0] == _at:
+        written = _many(self, records)
+        if hit:
             _die()
+        return written
 
-    _jsonl.KeyedJsonl.append = append
+    _jsonl.KeyedJsonl.append_many = append_many
 elif _mode == "publish":
     _copy2, _dir = shutil.copy2, Path(os.environ["BPM_FI_DIR"]).resolve()
 

@@ -5,12 +5,13 @@
 
 * a local path (``/models/gdino``, ``./sam``, ``~/w``, ``file:///models/x``): returned as
   is; it must exist;
-* ``s3://bucket/prefix``: every object under the prefix is downloaded once into
-  ``$BPM_CACHE_DIR/models/<sha256 of the URI>`` (default ``~/.cache/bpm-eval/models``)
-  and that folder is returned; a later call finds the completion marker and downloads
-  nothing. ``s3://bucket/key.pth`` naming one object returns that file's local path.
-  The endpoint comes from ``AWS_ENDPOINT_URL``/``AWS_ENDPOINT_URL_S3``, which boto3
-  honours natively (MinIO, moto);
+* ``s3://bucket/prefix``: every object under the prefix is downloaded once, by
+  :func:`bpm_lib.io.storage.fetch_to_local`, into an entry of
+  ``$BPM_CACHE_DIR/models`` (default ``~/.cache/bpm-eval/models``) and that folder is
+  returned; a later call finds the completion marker and downloads nothing.
+  ``s3://bucket/key.pth`` naming one object returns that file's local path. The endpoint
+  comes from ``AWS_ENDPOINT_URL``/``AWS_ENDPOINT_URL_S3``, which boto3 honours natively
+  (MinIO, moto);
 * anything else is a hub id (``IDEA-Research/grounding-dino-tiny``): returned as is, so
   loading uses the Hugging Face cache (``HF_HOME``).
 
@@ -26,8 +27,6 @@ import json
 import logging
 import os
 import re
-import shutil
-import tempfile
 from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 from typing import Any, TypeVar
@@ -38,7 +37,6 @@ logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-COMPLETE_MARKER = ".bpm-download-complete"
 _SCHEME = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*)://")
 
 
@@ -82,97 +80,21 @@ def resolve_model_source(source: str, *, cache_dir: Path | None = None, what: st
     return source
 
 
-def _s3_parts(uri: str) -> tuple[str, str]:
-    rest = uri[len("s3://"):]
-    bucket, _, prefix = rest.partition("/")
-    if not bucket:
-        raise ValueError(f"s3 URI must be s3://bucket/prefix, got {uri!r}")
-    return bucket, prefix
-
-
-def _relative_key(key: str, prefix: str, uri: str) -> str | None:
-    """Path of ``key`` under ``prefix`` (None if it is not under it). Rejects traversal."""
-    if prefix and not prefix.endswith("/"):
-        if key == prefix:
-            rel = PurePosixPath(key).name
-        elif key.startswith(prefix + "/"):
-            rel = key[len(prefix) + 1:]
-        else:
-            return None  # a sibling such as prefix-old/...
-    else:
-        rel = key[len(prefix):]
-    if not rel or rel.endswith("/"):
-        return None  # "folder" placeholder objects
-    parts = PurePosixPath(rel).parts
-    if ".." in PurePosixPath(key).parts or ".." in parts or rel.startswith("/") or "\\" in rel:
-        raise ModelLoadError(
-            f"refusing to download {uri}: object key {key!r} would be written outside the cache "
-            "folder (path traversal)"
-        )
-    return rel
-
-
 def _download_s3(uri: str, *, cache_dir: Path | None, what: str) -> Path:
-    bucket, prefix = _s3_parts(uri)
+    """Download ``uri`` once through :func:`bpm_lib.io.storage.fetch_to_local` (the one
+    S3 download cache of bpm-eval: retries with backoff on throttling, 5xx and dropped
+    connections, a completion marker, keys confined to the entry) under ``cache_dir``
+    (default :func:`default_cache_dir`); its errors become :class:`ModelLoadError`."""
+    from bpm_lib.errors import DataError
+    from bpm_lib.io.storage import fetch_to_local
+
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    dest = root / hashlib.sha256(uri.encode("utf-8")).hexdigest()
-    marker = dest / COMPLETE_MARKER
-    if marker.is_file():
-        logger.debug("%s: using cached download of %s at %s", what, uri, dest)
-        return _single_or_dir(dest)
-
-    import boto3
-    from botocore.exceptions import BotoCoreError, ClientError
-
-    client = boto3.client("s3")
     try:
-        keys: list[tuple[str, str]] = []
-        paginator = client.get_paginator("list_objects_v2")
-        for page in paginator.paginate(Bucket=bucket, Prefix=prefix):
-            for obj in page.get("Contents", []):
-                rel = _relative_key(obj["Key"], prefix, uri)
-                if rel is not None:
-                    keys.append((obj["Key"], rel))
-    except (BotoCoreError, ClientError) as e:
-        raise ModelLoadError(f"{what}: cannot list {uri}: {e}") from e
-    if not keys:
-        raise ModelLoadError(f"{what}: no objects found at {uri}")
-
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=root))
-    try:
-        for key, rel in keys:
-            target = tmp / rel
-            target.parent.mkdir(parents=True, exist_ok=True)
-            logger.info("%s: downloading s3://%s/%s", what, bucket, key)
-            client.download_file(bucket, key, str(target))
-        single = keys[0][1] if len(keys) == 1 and keys[0][0] == prefix else None
-        (tmp / COMPLETE_MARKER).write_text(json.dumps({"uri": uri, "single_file": single}), encoding="utf-8")
-        if dest.exists() and not marker.is_file():
-            shutil.rmtree(dest)  # an incomplete earlier attempt
-        try:
-            os.replace(tmp, dest)
-        except OSError:
-            if not marker.is_file():  # not another process finishing the same download
-                raise
-    except (BotoCoreError, ClientError, OSError) as e:
-        raise ModelLoadError(f"{what}: cannot download {uri} into {dest}: {e}") from e
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return _single_or_dir(dest)
-
-
-def _single_or_dir(dest: Path) -> Path:
-    """The downloaded folder, or its only file when the URI named one object."""
-    try:
-        info = json.loads((dest / COMPLETE_MARKER).read_text(encoding="utf-8"))
-        single = info.get("single_file")
-    except (OSError, ValueError, AttributeError) as e:
-        raise ModelLoadError(f"download cache {dest} has an unreadable marker; delete the folder: {e}") from e
-    if single is not None and (not isinstance(single, str) or PurePosixPath(single).name != single):
-        raise ModelLoadError(f"download cache {dest} has a corrupt marker (file {single!r}); delete the folder")
-    return dest / single if single else dest
+        local = fetch_to_local(uri, cache_dir=root)
+    except (DataError, OSError, ValueError) as e:
+        raise ModelLoadError(f"{what}: cannot download {uri} into {root}: {e}") from e
+    logger.debug("%s: %s is at %s", what, uri, local)
+    return local
 
 
 def config_digest(config: Any) -> str:

@@ -10,13 +10,13 @@ import torch
 
 from bpm_lib.backends.device import dtype_name, pick_device, pick_dtype
 from bpm_lib.backends.model_source import (
-    COMPLETE_MARKER,
     default_cache_dir,
     load_pretrained,
     read_packaged_config,
     resolve_model_source,
 )
 from bpm_lib.errors import ConfigError, ModelLoadError
+from bpm_lib.io.storage import COMPLETE_MARKER, uri_cache_key
 from tests.fixtures.s3 import MotoS3, moto_s3_endpoint  # noqa: F401
 from tests.fixtures.tiny_models import tiny_grounding_dino_dir  # noqa: F401
 
@@ -78,9 +78,9 @@ def _fill(s3: MotoS3) -> tuple[str, str]:
 def test_s3_prefix_is_downloaded_once(moto_s3_endpoint: MotoS3, tmp_path: Path) -> None:  # noqa: F811
     bucket, uri = _fill(moto_s3_endpoint)
     local = Path(resolve_model_source(uri, cache_dir=tmp_path, what="test model"))
-    assert local.parent == tmp_path
+    assert local.is_relative_to(tmp_path)
     files = sorted(p.relative_to(local).as_posix() for p in local.rglob("*") if p.is_file())
-    assert files == [COMPLETE_MARKER, "config.json", "weights/model.safetensors"]
+    assert files == ["config.json", "weights/model.safetensors"]  # no placeholder, no sibling prefix
     assert json.loads((local / "config.json").read_text()) == {"a": 1}
     assert (local / "weights" / "model.safetensors").read_bytes() == b"\x00\x01weights"
 
@@ -91,7 +91,7 @@ def test_s3_prefix_is_downloaded_once(moto_s3_endpoint: MotoS3, tmp_path: Path) 
     assert json.loads((local / "config.json").read_text()) == {"a": 1}
 
     # An incomplete download (no marker) is redone.
-    (local / COMPLETE_MARKER).unlink()
+    (local.parent / COMPLETE_MARKER).unlink()
     assert Path(resolve_model_source(uri, cache_dir=tmp_path, what="test model")) == local
     assert json.loads((local / "config.json").read_text()) == {"a": 2}
 
@@ -101,10 +101,8 @@ def test_s3_default_cache_dir_is_keyed_by_uri(
 ) -> None:
     _, uri = _fill(moto_s3_endpoint)
     monkeypatch.setenv("BPM_CACHE_DIR", str(tmp_path))
-    import hashlib
-
     local = Path(resolve_model_source(uri, what="test model"))
-    assert local == tmp_path / "models" / hashlib.sha256(uri.encode()).hexdigest()
+    assert local.parent == tmp_path / "models" / "s3" / uri_cache_key(uri)
 
 
 def test_s3_single_object_resolves_to_the_file(moto_s3_endpoint: MotoS3, tmp_path: Path) -> None:  # noqa: F811
@@ -119,7 +117,7 @@ def test_s3_keys_with_dotdot_are_rejected(moto_s3_endpoint: MotoS3, tmp_path: Pa
     bucket = moto_s3_endpoint.bucket("evil")
     moto_s3_endpoint.put(bucket, "m/config.json", "{}")
     moto_s3_endpoint.put(bucket, "m/../../escape.txt", "pwned")
-    with pytest.raises(ModelLoadError, match="path traversal"):
+    with pytest.raises(ModelLoadError, match="path escape"):
         resolve_model_source(f"s3://{bucket}/m", cache_dir=tmp_path, what="test model")
     assert not list(tmp_path.rglob("escape.txt"))
     assert not list(tmp_path.parent.rglob("escape.txt"))
@@ -127,9 +125,9 @@ def test_s3_keys_with_dotdot_are_rejected(moto_s3_endpoint: MotoS3, tmp_path: Pa
 
 def test_s3_empty_prefix_and_missing_bucket(moto_s3_endpoint: MotoS3, tmp_path: Path) -> None:  # noqa: F811
     bucket = moto_s3_endpoint.bucket("empty")
-    with pytest.raises(ModelLoadError, match="no objects"):
+    with pytest.raises(ModelLoadError, match=r"test model: cannot download .*\(nothing listed\)"):
         resolve_model_source(f"s3://{bucket}/nothing", cache_dir=tmp_path, what="test model")
-    with pytest.raises(ModelLoadError, match="cannot list"):
+    with pytest.raises(ModelLoadError, match="bucket does not exist"):
         resolve_model_source("s3://no-such-bucket-bpm/x", cache_dir=tmp_path, what="test model")
 
 

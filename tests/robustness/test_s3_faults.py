@@ -124,3 +124,27 @@ def test_permanent_failures_name_the_uri_and_leave_no_cache_entry(bucket: str, p
     proxy.clear()  # the endpoint is back: the same call now works and fills the cache
     folder = storage.fetch_to_local(uri, cache_dir=tmp_path / "c")
     assert sorted(p.name for p in folder.iterdir()) == sorted(Path(k).name for k in FILES)
+
+
+def test_model_weights_download_through_faults_like_any_s3_fetch(bucket: str, proxy: FlakyProxy,
+                                                                 tmp_path: Path) -> None:
+    """Model sources (``s3://`` weights of GroundingDINO, SAM, CLIP) use the same retried
+    download as data: a flaky endpoint gives complete, exact files; a dead one a
+    ModelLoadError naming the model, and no cache entry that looks complete."""
+    from bpm_lib.backends.model_source import resolve_model_source
+    from bpm_lib.errors import ModelLoadError
+
+    proxy.add(Rule("truncate", times=1, match=lambda m, p: m == "GET" and "/data/img-" in p))
+    proxy.add(Rule("status", times=None, match=lambda m, p: m == "GET" and len(proxy.requests) % 3 == 0,
+                   **_s3_error(503, "ServiceUnavailable")))  # type: ignore[arg-type]
+    folder = Path(resolve_model_source(f"s3://{bucket}/data", cache_dir=tmp_path / "m", what="test detector"))
+    got = {p.relative_to(folder).as_posix(): _sha(p.read_bytes()) for p in folder.rglob("*") if p.is_file()}
+    assert got == {k.removeprefix("data/"): _sha(v) for k, v in FILES.items()}
+    assert proxy.faults
+
+    proxy.clear()
+    proxy.down(**_s3_error(503, "SlowDown"))  # type: ignore[arg-type]
+    with pytest.raises(ModelLoadError, match=rf"test detector: cannot download s3://{bucket}/data/img-1.png"):
+        resolve_model_source(f"s3://{bucket}/data/img-1.png", cache_dir=tmp_path / "m2", what="test detector")
+    entries = list((tmp_path / "m2" / "s3").iterdir()) if (tmp_path / "m2" / "s3").exists() else []
+    assert not any((e / storage.COMPLETE_MARKER).exists() for e in entries)

@@ -378,25 +378,45 @@ def _collect(items: Sequence[Mapping[str, Any]], root: Path) -> tuple[list[Sampl
 
 def _score(samples: Sequence[Sample], edits: Mapping[str, Mapping[str, str]], backends: Backends, work_dir: Path, *,
            batch_size: int, progress: bool) -> dict[tuple[str, str], SampleScore]:
-    """Judged (not aggregated) scores per (sample id, candidate number)."""
+    """Judged (not aggregated) scores per (sample id, candidate number), chunk by chunk
+    as :func:`bpm_lib.runner.score.score_candidates` does (each source image decoded once
+    for all candidates); a candidate is judged only on the samples it has an edit for."""
     from bpm_lib.runner.imagecache import ImageCache, default_workers
-    from bpm_lib.runner.stages import run_judge, run_localize_edited, run_localize_source, run_parse
+    from bpm_lib.runner.score import chunk_plan
+    from bpm_lib.runner.stages import (
+        OpenStores,
+        batched,
+        run_judge,
+        run_localize_edited,
+        run_localize_source,
+        run_parse,
+    )
 
     parsed, _ = run_parse(samples, backends.parser, work_dir, progress=progress)
+    numbers = sorted(edits, key=int)
+    chunk, capacity = chunk_plan(len(numbers), batch_size)
+    chunks: Iterable[list[Sample]] = batched(samples, chunk)
+    if progress:
+        from tqdm.auto import tqdm
+
+        chunks = tqdm(chunks, total=-(-len(samples) // chunk), desc="score", unit="chunk", leave=False)
     out: dict[tuple[str, str], SampleScore] = {}
-    with ImageCache(capacity=max(2 * batch_size, 32), workers=default_workers()) as images:
-        source, _ = run_localize_source(samples, parsed, backends.localizer, work_dir, batch_size=batch_size,
-                                        images=images, progress=progress)
-        for number in sorted(edits, key=int):
-            cand_edits = edits[number]
-            subset = [s for s in samples if s.sample_id in cand_edits]
-            edited, _ = run_localize_edited(subset, parsed, source, cand_edits, backends.localizer, work_dir,
-                                            candidate=number, batch_size=batch_size, images=images,
-                                            progress=progress)
-            judged, _ = run_judge(subset, parsed, source, edited, cand_edits, backends.embedder, work_dir,
-                                  candidate=number, batch_size=batch_size, images=images, progress=progress)
-            for score in judged:
-                out[(score.sample_id, number)] = score
+    with ImageCache(capacity=capacity, workers=default_workers()) as images, OpenStores() as stores:
+        for part in chunks:
+            source, _ = run_localize_source(part, parsed, backends.localizer, work_dir, batch_size=batch_size,
+                                            images=images, stores=stores)
+            for number in numbers:
+                cand_edits = edits[number]
+                subset = [s for s in part if s.sample_id in cand_edits]
+                if not subset:
+                    continue
+                edited, _ = run_localize_edited(subset, parsed, source, cand_edits, backends.localizer, work_dir,
+                                                candidate=number, batch_size=batch_size, images=images,
+                                                stores=stores)
+                judged, _ = run_judge(subset, parsed, source, edited, cand_edits, backends.embedder, work_dir,
+                                      candidate=number, batch_size=batch_size, images=images, stores=stores)
+                for score in judged:
+                    out[(score.sample_id, number)] = score
     return out
 
 

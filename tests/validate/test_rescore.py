@@ -305,3 +305,26 @@ def test_pipeline_steps_end_to_end_with_tiny_random(tmp_path: Path, capsys: pyte
     assert set(metrics) >= {"alignment/bpm/mean", "alignment/l2/mean", "gt_test/bpm/ties"}
     saved = json.loads((tmp_path / "report" / "validation.json").read_text())
     assert saved["source"]["rescore"]["preset"] == "tiny-random" and saved["meaningless"]
+
+
+def test_rescoring_decodes_every_image_once_across_chunks(tmp_path: Path, backends: Any) -> None:
+    """12 items x 3 candidates at batch size 2 (chunks of 4 items): each source image is
+    decoded once for all three candidates, each candidate image once; the same values
+    as one chunk holding every item."""
+    from benchmarks import count_decodes
+
+    src = fx.make_image_set(tmp_path / "in", 12)
+    with count_decodes() as decodes:
+        rescore_file(src, tmp_path / "a.json", backends=backends, baselines="", work_dir=tmp_path / "wa",
+                     batch_size=2)
+    assert decodes.images == 12 + 12 * 3
+    rescore_file(src, tmp_path / "b.json", backends=backends, baselines="", work_dir=tmp_path / "wb",
+                 batch_size=64)
+    chunked, whole = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("a", "b"))
+    assert len(chunked) == len(whole) == 12
+    for a, b in zip(chunked, whole, strict=True):
+        for k in (1, 2, 3):
+            x, y = a[f"edited_image{k}"], b[f"edited_image{k}"]
+            assert x.keys() == y.keys() and x["case"] == y["case"]
+            for key in SUB_SCORES:  # batch 2 vs 64: the embedder's float rounding only
+                assert x[key] == pytest.approx(y[key], abs=1e-5)

@@ -33,6 +33,7 @@ import json
 import logging
 import os
 import queue
+import sys
 import threading
 import time
 from collections import Counter
@@ -657,6 +658,17 @@ class _Server(ThreadingHTTPServer):
                  service: TriggerService) -> None:
         self.service = service
         super().__init__(address, handler)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that hangs up or stalls (a webhook sender restarted mid-request, a
+        keep-alive connection reset) is routine for a service: a debug line, not a
+        traceback on stderr (the standard library's default). Anything else is logged
+        as an error with its traceback."""
+        exc = sys.exc_info()[1]
+        if isinstance(exc, (ConnectionError, TimeoutError)):
+            log.debug("client %s went away: %s", client_address, exc)
+            return
+        log.error("error while serving %s", client_address, exc_info=True)
 
 
 class _Handler(BaseHTTPRequestHandler):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import http.client
 import json
+import logging
 import os
 import signal
 import socket
@@ -574,3 +575,25 @@ def test_fuzzed_deliveries_never_get_a_server_error(tmp_path: Path) -> None:
         assert sub.requests and svc.readiness()[0]
     finally:
         svc.stop()
+
+
+def test_a_client_that_resets_its_connection_is_a_debug_line(make_service: Any, capfd: pytest.CaptureFixture[str],
+                                                             caplog: pytest.LogCaptureFixture) -> None:
+    """A webhook sender that dies mid-request (connection reset) must not print a
+    traceback to the service's stderr; the service keeps serving."""
+    import struct
+    import time as _time
+
+    svc = make_service()
+    host, port = svc.url.removeprefix("http://").split(":")
+    caplog.set_level(logging.DEBUG, logger="bpm_lib.trigger.service")
+    s = socket.create_connection((host, int(port)), timeout=10)
+    s.sendall(b"POST /webhook HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\npartial")
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # close = RST
+    s.close()
+    deadline = _time.monotonic() + 10
+    while not any("went away" in r.getMessage() for r in caplog.records) and _time.monotonic() < deadline:
+        _time.sleep(0.05)
+    assert any("went away" in r.getMessage() for r in caplog.records)
+    assert "Exception occurred during processing" not in capfd.readouterr().err
+    assert request(svc.url, "GET", "/healthz")[0] == 200

@@ -650,6 +650,10 @@ class TriggerService:
 # ------------------------------------------------------------------------------ HTTP
 
 
+DRAIN_LIMIT = 16 << 20  # bytes of a rejected body read and discarded before closing
+DRAIN_SECONDS = 2.0  # the most a client may stall while they are
+
+
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     request_queue_size = 128  # bursts of deliveries: do not drop connections at accept()
@@ -693,9 +697,28 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(data)
 
-    def _reject(self, code: int, reason: str) -> None:
+    def _reject(self, code: int, reason: str, *, unread: int = 0) -> None:
+        """Answer ``code`` and close the connection. ``unread``: bytes of a request body
+        still in flight (e.g. one too large to accept); after the answer they are read
+        and discarded, up to :data:`DRAIN_LIMIT` bytes and :data:`DRAIN_SECONDS` ("lingering
+        close"): closing a socket with unread data makes the kernel reset it, and a client
+        still sending would get a broken pipe instead of the answer."""
         self.close_connection = True  # the body (if any) is not read: do not reuse the connection
         self._send(self.server.service._answer(code, "rejected", None, reason))
+        if unread > 0:
+            self._discard(min(unread, DRAIN_LIMIT))
+
+    def _discard(self, count: int) -> None:
+        try:
+            self.wfile.flush()
+            self.connection.settimeout(DRAIN_SECONDS)
+            while count > 0:
+                chunk = self.rfile.read(min(count, 1 << 16))
+                if not chunk:
+                    return
+                count -= len(chunk)
+        except (ConnectionError, TimeoutError, OSError) as e:
+            log.debug("stopped discarding a rejected body from %s: %s", self.client_address, e)
 
     def do_GET(self) -> None:  # the stdlib's name
         service = self.server.service
@@ -725,7 +748,8 @@ class _Handler(BaseHTTPRequestHandler):
             return
         length = int(text)
         if length > service.config.max_body_bytes:
-            self._reject(413, f"body of {length} bytes exceeds max_body_bytes={service.config.max_body_bytes}")
+            self._reject(413, f"body of {length} bytes exceeds max_body_bytes={service.config.max_body_bytes}",
+                         unread=length)
             return
         body = self.rfile.read(length)
         if len(body) != length:

@@ -381,43 +381,12 @@ def _score(samples: Sequence[Sample], edits: Mapping[str, Mapping[str, str]], ba
     """Judged (not aggregated) scores per (sample id, candidate number), chunk by chunk
     as :func:`bpm_lib.runner.score.score_candidates` does (each source image decoded once
     for all candidates); a candidate is judged only on the samples it has an edit for."""
-    from bpm_lib.runner.imagecache import ImageCache, default_workers
-    from bpm_lib.runner.score import chunk_plan
-    from bpm_lib.runner.stages import (
-        OpenStores,
-        batched,
-        run_judge,
-        run_localize_edited,
-        run_localize_source,
-        run_parse,
-    )
+    from bpm_lib.runner.score import judge_candidates
 
-    parsed, _ = run_parse(samples, backends.parser, work_dir, progress=progress)
-    numbers = sorted(edits, key=int)
-    chunk, capacity = chunk_plan(len(numbers), batch_size)
-    chunks: Iterable[list[Sample]] = batched(samples, chunk)
-    if progress:
-        from tqdm.auto import tqdm
-
-        chunks = tqdm(chunks, total=-(-len(samples) // chunk), desc="score", unit="chunk", leave=False)
-    out: dict[tuple[str, str], SampleScore] = {}
-    with ImageCache(capacity=capacity, workers=default_workers()) as images, OpenStores() as stores:
-        for part in chunks:
-            source, _ = run_localize_source(part, parsed, backends.localizer, work_dir, batch_size=batch_size,
-                                            images=images, stores=stores)
-            for number in numbers:
-                cand_edits = edits[number]
-                subset = [s for s in part if s.sample_id in cand_edits]
-                if not subset:
-                    continue
-                edited, _ = run_localize_edited(subset, parsed, source, cand_edits, backends.localizer, work_dir,
-                                                candidate=number, batch_size=batch_size, images=images,
-                                                stores=stores)
-                judged, _ = run_judge(subset, parsed, source, edited, cand_edits, backends.embedder, work_dir,
-                                      candidate=number, batch_size=batch_size, images=images, stores=stores)
-                for score in judged:
-                    out[(score.sample_id, number)] = score
-    return out
+    ordered = {number: edits[number] for number in sorted(edits, key=int)}
+    raw, _ = judge_candidates(samples, ordered, backends, work_dir, batch_size=batch_size, progress=progress,
+                              only_edited=True)
+    return {(score.sample_id, number): score for number, scores in raw.items() for score in scores}
 
 
 @dataclass

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -85,6 +85,29 @@ def score_candidates(
     and resume are the same as stage by stage: one JSONL file per stage and candidate.
     """
     t0 = time.perf_counter()
+    raw, stages = judge_candidates(samples, edits, backends, work_dir, batch_size=batch_size, progress=progress)
+    for candidate in raw:
+        raw[candidate].extend((failures or {}).get(candidate, ()))
+    result = finalize(raw, calibration=calibration, alpha=alpha, preset=backends.preset_name,
+                      backends=backends.identity(), seconds=time.perf_counter() - t0)
+    result.stages = stages
+    return result
+
+
+def judge_candidates(
+    samples: Sequence[Sample],
+    edits: Mapping[str, Mapping[str, str]],
+    backends: Backends,
+    work_dir: Path,
+    *,
+    batch_size: int = 16,
+    progress: bool = False,
+    only_edited: bool = False,
+) -> tuple[dict[str, list[SampleScore]], list[StageStats]]:
+    """Parse, localize and judge every candidate, chunk by chunk (:func:`chunk_plan`):
+    judged (not aggregated) scores per candidate in sample order, and each stage's stats
+    summed over the chunks. ``only_edited``: a candidate is judged only on the samples it
+    has an edit for (else those get an error score saying so)."""
     work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
     chunk, capacity = chunk_plan(len(edits), batch_size)
@@ -100,7 +123,7 @@ def score_candidates(
     parsed, st = run_parse(samples, backends.parser, work_dir, progress=progress)
     merge(st)
     raw: dict[str, list[SampleScore]] = {candidate: [] for candidate in edits}
-    chunks = batched(samples, chunk)
+    chunks: Iterable[list[Sample]] = batched(samples, chunk)
     if progress:
         from tqdm.auto import tqdm
 
@@ -111,20 +134,18 @@ def score_candidates(
                                              images=images, stores=stores)
             merge(st)
             for candidate, cand_edits in edits.items():
-                edited, st = run_localize_edited(part, parsed, source, cand_edits, backends.localizer, work_dir,
+                subset = [s for s in part if s.sample_id in cand_edits] if only_edited else part
+                if not subset:
+                    continue
+                edited, st = run_localize_edited(subset, parsed, source, cand_edits, backends.localizer, work_dir,
                                                  candidate=candidate, batch_size=batch_size, images=images,
                                                  stores=stores)
                 merge(st, candidate)
-                judged, st = run_judge(part, parsed, source, edited, cand_edits, backends.embedder, work_dir,
+                judged, st = run_judge(subset, parsed, source, edited, cand_edits, backends.embedder, work_dir,
                                        candidate=candidate, batch_size=batch_size, images=images, stores=stores)
                 merge(st, candidate)
                 raw[candidate].extend(judged)
-    for candidate in raw:
-        raw[candidate].extend((failures or {}).get(candidate, ()))
-    result = finalize(raw, calibration=calibration, alpha=alpha, preset=backends.preset_name,
-                      backends=backends.identity(), seconds=time.perf_counter() - t0)
-    result.stages = list(stages.values())
-    return result
+    return raw, list(stages.values())
 
 
 def finalize(

@@ -251,14 +251,9 @@ def run_localize_source(
                     [images.rgb(s.source_image, f"{s.sample_id}: source_image") for s, _, _ in items],
                 ),
             )
-            records = []
-            for (sample, _, fp), outcome in zip(batch, outcomes, strict=True):
-                record = _localization_record(stats, outcome, "localize source",
-                                              {"sample_id": sample.sample_id, "fingerprint": fp,
-                                               "localizer": identity})
-                results[sample.sample_id] = outcome if isinstance(outcome, Localization) else str(record["error"])
-                records.append(record)
-            store.append_many(records)
+            _record_localizations(store, stats, "localize source", outcomes, results, [
+                {"sample_id": sample.sample_id, "fingerprint": fp, "localizer": identity} for sample, _, fp in batch
+            ])
     stats.seconds = time.perf_counter() - t0
     return results, stats
 
@@ -344,29 +339,29 @@ def run_localize_edited(
                     ),
                 ),
             )
-            records = []
-            for (sample, _, _, _, fp), outcome in zip(batch, outcomes, strict=True):
-                record = _localization_record(stats, outcome, "localize edited",
-                                              {"sample_id": sample.sample_id, "candidate": candidate,
-                                               "fingerprint": fp, "localizer": identity})
-                results[sample.sample_id] = outcome if isinstance(outcome, Localization) else str(record["error"])
-                records.append(record)
-            store.append_many(records)
+            _record_localizations(store, stats, "localize edited", outcomes, results, [
+                {"sample_id": it[0].sample_id, "candidate": candidate, "fingerprint": it[4], "localizer": identity}
+                for it in batch
+            ])
     stats.seconds = time.perf_counter() - t0
     return results, stats
 
 
-def _localization_record(stats: StageStats, outcome: Localization | str, stage: str,
-                         record: dict[str, Any]) -> dict[str, Any]:
-    """One sample's localization record (or its error), counted in ``stats``; the caller
-    writes a batch's records together."""
-    if isinstance(outcome, Localization):
-        record.update(status="ok", localization=outcome.to_dict(), error=None)
-        stats.computed += 1
-    else:
-        record.update(status="error", localization=None, error=f"{stage}: {outcome}")
-        stats.failed += 1
-    return record
+def _record_localizations(store: KeyedJsonl, stats: StageStats, stage: str, outcomes: Sequence[Localization | str],
+                          results: dict[str, Localization | str], records: list[dict[str, Any]]) -> None:
+    """Complete a batch's records with each sample's localization (or its error), count
+    them, keep in ``results`` what later stages get (the Localization or the error text)
+    and write the batch with one fsync."""
+    for outcome, record in zip(outcomes, records, strict=True):
+        if isinstance(outcome, Localization):
+            record.update(status="ok", localization=outcome.to_dict(), error=None)
+            stats.computed += 1
+            results[record["sample_id"]] = outcome
+        else:
+            record.update(status="error", localization=None, error=f"{stage}: {outcome}")
+            stats.failed += 1
+            results[record["sample_id"]] = str(record["error"])
+    store.append_many(records)
 
 
 @contextlib.contextmanager

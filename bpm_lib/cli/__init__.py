@@ -33,6 +33,12 @@ VERB_MODULES = (
 log = logging.getLogger("bpm_lib.cli")
 
 
+def print_help_and_fail(parser: argparse.ArgumentParser) -> int:
+    """What a verb with sub-commands does when none is given: its help on stderr, exit 2."""
+    parser.print_help(sys.stderr)
+    return 2
+
+
 class RedactSecrets(logging.Filter):
     """Replace the values of credential environment variables (names with key, secret,
     token, password or credential) in every log record: with ``-vv`` third-party debug

@@ -14,6 +14,8 @@ import shutil
 import sys
 from pathlib import Path
 
+from bpm_lib.cli import print_help_and_fail
+
 EXIT_VIOLATION = 3
 
 
@@ -77,12 +79,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="MLflow URI as the cluster's pods reach it (default: the policy's tracking.uri)")
     s.set_defaults(func=cmd_schedule)
 
-    p.set_defaults(func=lambda _args: _missing_action(p))
-
-
-def _missing_action(parser: argparse.ArgumentParser) -> int:
-    parser.print_help(sys.stderr)
-    return 2
+    p.set_defaults(func=lambda _args: print_help_and_fail(p))
 
 
 def cmd_run(args: argparse.Namespace) -> int:

@@ -7,6 +7,8 @@ import json
 import sys
 from pathlib import Path
 
+from bpm_lib.cli import print_help_and_fail
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -48,12 +50,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--out", required=True, type=Path, help="folder to write")
     d.set_defaults(func=run_demo)
 
-    p.set_defaults(func=lambda _args: _missing_action(p))
-
-
-def _missing_action(parser: argparse.ArgumentParser) -> int:
-    parser.print_help(sys.stderr)
-    return 2
+    p.set_defaults(func=lambda _args: print_help_and_fail(p))
 
 
 def run_fetch(args: argparse.Namespace) -> int:

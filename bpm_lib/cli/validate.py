@@ -14,6 +14,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from bpm_lib.cli import print_help_and_fail
+
 _FORMAT = (
     "FILE is a JSON list of items {index, instruction, source_image_path, edited_image1..K}; each "
     "edited_image<k> holds image_path, user_overall_quality (the human rating) and the sub-scores "
@@ -118,12 +120,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--no-progress", action="store_true", help="no progress bars")
     s.set_defaults(func=run_rescore)
 
-    p.set_defaults(func=lambda _args: _missing_action(p))
-
-
-def _missing_action(parser: argparse.ArgumentParser) -> int:
-    parser.print_help(sys.stderr)
-    return 2
+    p.set_defaults(func=lambda _args: print_help_and_fail(p))
 
 
 def _metadata_arg(p: argparse.ArgumentParser) -> None:

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from bpm_lib.envvars import env_int
 from bpm_lib.errors import DataError
 
 DEFAULT_MAX_PIXELS = 64_000_000
@@ -24,16 +25,8 @@ FRAME = 500
 
 
 def max_pixels() -> int:
-    raw = os.environ.get("BPM_MAX_IMAGE_PIXELS")
-    if not raw:
-        return DEFAULT_MAX_PIXELS
-    try:
-        value = int(raw)
-    except ValueError as e:
-        raise ValueError(f"BPM_MAX_IMAGE_PIXELS must be an integer, got {raw!r}") from e
-    if value <= 0:
-        raise ValueError(f"BPM_MAX_IMAGE_PIXELS must be positive, got {value}")
-    return value
+    """``BPM_MAX_IMAGE_PIXELS`` (default 64 million): larger images are refused."""
+    return env_int("BPM_MAX_IMAGE_PIXELS", DEFAULT_MAX_PIXELS, minimum=1)
 
 
 def _open(source: str | os.PathLike[str] | bytes, what: str) -> Image.Image:

@@ -32,6 +32,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path, PurePosixPath
 from typing import Any, TypeVar
 
+from bpm_lib.envvars import env_int
 from bpm_lib.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -181,16 +182,8 @@ def _client() -> Any:
 
 
 def max_attempts() -> int:
-    raw = os.environ.get("BPM_S3_MAX_ATTEMPTS")
-    if not raw:
-        return DEFAULT_MAX_ATTEMPTS
-    try:
-        value = int(raw)
-    except ValueError as e:
-        raise ValueError(f"BPM_S3_MAX_ATTEMPTS must be an integer, got {raw!r}") from e
-    if value < 1:
-        raise ValueError(f"BPM_S3_MAX_ATTEMPTS must be at least 1, got {value}")
-    return value
+    """``BPM_S3_MAX_ATTEMPTS`` (default 4): attempts per S3 call, at least 1."""
+    return env_int("BPM_S3_MAX_ATTEMPTS", DEFAULT_MAX_ATTEMPTS, minimum=1)
 
 
 def _is_transient(exc: BaseException) -> bool:

@@ -36,6 +36,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from bpm_lib.envvars import env_int
 from bpm_lib.errors import TrackingError
 
 log = logging.getLogger(__name__)
@@ -187,16 +188,7 @@ def resolve_tracking_uri(configured: str | None = None, root: Path = DEFAULT_ROO
 
 def max_attempts() -> int:
     """``BPM_TRACKING_MAX_ATTEMPTS`` (default 4): attempts per MLflow call, at least 1."""
-    raw = os.environ.get("BPM_TRACKING_MAX_ATTEMPTS")
-    if not raw:
-        return DEFAULT_MAX_ATTEMPTS
-    try:
-        value = int(raw)
-    except ValueError as e:
-        raise ValueError(f"BPM_TRACKING_MAX_ATTEMPTS must be an integer, got {raw!r}") from e
-    if value < 1:
-        raise ValueError(f"BPM_TRACKING_MAX_ATTEMPTS must be at least 1, got {value}")
-    return value
+    return env_int("BPM_TRACKING_MAX_ATTEMPTS", DEFAULT_MAX_ATTEMPTS, minimum=1)
 
 
 def _http_status(exc: BaseException) -> int | None:

@@ -115,3 +115,19 @@ def test_default_workers(monkeypatch: pytest.MonkeyPatch) -> None:
         default_workers()
     monkeypatch.delenv(WORKERS_ENV)
     assert 1 <= default_workers() <= 4
+
+
+def test_env_int(monkeypatch: pytest.MonkeyPatch) -> None:
+    from bpm_lib.envvars import env_int
+
+    monkeypatch.delenv("BPM_TEST_INT", raising=False)
+    assert env_int("BPM_TEST_INT", 7, minimum=1) == 7
+    monkeypatch.setenv("BPM_TEST_INT", " 3 ")
+    assert env_int("BPM_TEST_INT", 7, minimum=1) == 3
+    monkeypatch.setenv("BPM_TEST_INT", "0")
+    with pytest.raises(ValueError, match="BPM_TEST_INT must be at least 1, got 0"):
+        env_int("BPM_TEST_INT", 7, minimum=1)
+    assert env_int("BPM_TEST_INT", 7) == 0
+    monkeypatch.setenv("BPM_TEST_INT", "x")
+    with pytest.raises(ValueError, match="BPM_TEST_INT must be an integer, got 'x'"):
+        env_int("BPM_TEST_INT", 7)

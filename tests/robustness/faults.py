@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import http.client
 import socket
+import sys
 import threading
 import urllib.parse
 from collections.abc import Callable, Iterator
@@ -159,10 +160,21 @@ def _handler(proxy: FlakyProxy) -> type[BaseHTTPRequestHandler]:
     return Handler
 
 
+class _ProxyServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """boto3 keeps connections to the proxy alive; when a test's client goes away
+        (or the test process exits) the reset is expected, not an error to print."""
+        if isinstance(sys.exc_info()[1], ConnectionError):
+            return
+        super().handle_error(request, client_address)
+
+
 @contextmanager
 def flaky_proxy(upstream: str) -> Iterator[FlakyProxy]:
     proxy = FlakyProxy(upstream)
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler(proxy))
+    httpd = _ProxyServer(("127.0.0.1", 0), _handler(proxy))
     httpd.daemon_threads = True
     proxy.url = f"http://127.0.0.1:{httpd.server_address[1]}"
     thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
